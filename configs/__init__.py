@@ -1,0 +1,1 @@
+"""Named configurations: model presets (real sizes and tiny ones for tests)."""

@@ -1,0 +1,45 @@
+"""``python -m yume_jax.convert SRC DST``: convert checkpoints between PyTorch and yume_jax.
+
+Exit codes: 0 success, 2 bad input (one line on stderr naming the file and key).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from yume_jax.convert.core import convert
+from yume_jax.convert.tensors import ConversionError
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m yume_jax.convert", description=__doc__)
+    ap.add_argument("src", help="checkpoint file or directory (.safetensors, *.index.json dir, diffusers or "
+                                "transformers dir, .pt/.pth/.bin, or a yume_jax checkpoint with --to torch)")
+    ap.add_argument("dst", help="output directory")
+    ap.add_argument("--to", choices=["jax", "torch"], default="jax")
+    ap.add_argument("--naming", help="torch-side naming: wan | diffusers (DiT, VAE), wan | transformers "
+                                     "(text and image encoders); default: detected / the source's")
+    ap.add_argument("--family", choices=["dit", "vae", "t5", "clip"], help="skip detection")
+    ap.add_argument("--num-heads", type=int, help="attention heads where they cannot be inferred (default dim/128)")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="cast (default: keep source dtype)")
+    ap.add_argument("--force", action="store_true", help="replace an existing DST")
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    opts = {}
+    if a.num_heads is not None:
+        opts["num_heads"] = a.num_heads
+    try:
+        out = convert(a.src, a.dst, to=a.to, naming=a.naming, family=a.family, dtype=a.dtype, force=a.force,
+                      progress=not a.no_progress, **opts)
+    except ConversionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing written", file=sys.stderr)
+        return 130
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

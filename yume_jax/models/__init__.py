@@ -1,0 +1,1 @@
+"""Model definitions: the Wan DiT and Yume's extensions."""
