@@ -60,6 +60,7 @@ class Plan:
     hf_config: dict | None = None  # written as config.json next to a torch export
     filename: str = JAX_PARAMS
     extras: list[str] = field(default_factory=list)  # kept tensors the model does not use (yet)
+    ignore: set[str] = field(default_factory=set)  # source keys deliberately dropped (reference ignores them too)
 
 
 class Family(abc.ABC):
@@ -117,7 +118,7 @@ def check_plan(src: TensorSource, plan: Plan) -> None:
                 raise ConversionError(f"shape mismatch: {list(info.shape)}, expected {list(op.expect[i])}",
                                       file=info.file, key=k)
             used.add(k)
-    unknown = sorted(have - used)
+    unknown = sorted(have - used - plan.ignore)
     if unknown:
         raise ConversionError(f"unknown key ({len(unknown)} unknown in all)", file=src.info(unknown[0]).file,
                               key=unknown[0])

@@ -1,0 +1,111 @@
+"""Attention backends, chosen by platform (spec/performance.md: the XLA fallback is ~6x slower on GPU).
+
+- ``cudnn``: ``jax.nn.dot_product_attention(implementation="cudnn")`` (flash attention; GPU, bf16/fp16).
+- ``splash``: Pallas splash attention (TPU; runs in interpret mode elsewhere for testing).
+- ``xla``: ``jax.nn.dot_product_attention(implementation="xla")``; long sequences are processed in
+  query blocks so memory stays O(L * block) instead of O(L^2).
+- ``reference``: plain softmax(QK^T/sqrt(d))V in float32, for tests.
+
+``auto`` picks cudnn on GPU (xla when the dtype is float32, which cuDNN flash does not support),
+splash on TPU, xla elsewhere. Layout everywhere is (batch, length, heads, head_dim).
+
+Under a mesh with ``context`` or ``tensor`` axes, attention runs inside ``shard_map``: queries keep
+their sequence shard, keys/values are gathered over the sequence (all-gather on entry), heads are
+split over ``tensor``. Any backend works inside.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from yume_jax import sharding
+
+XLA_QUERY_BLOCK = 4096  # query block for the xla backend on long sequences
+
+
+def resolve(backend: str, dtype) -> str:
+    if backend != "auto":
+        return backend
+    platform = jax.default_backend()
+    if platform == "gpu":
+        return "cudnn" if jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "xla"
+    if platform == "tpu":
+        return "splash"
+    return "xla"
+
+
+def reference_attention(q, k, v):
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    s = jnp.einsum("bqnd,bknd->bnqk", q.astype(jnp.float32), k.astype(jnp.float32)) * scale
+    p = jax.nn.softmax(s, axis=-1)
+    return jnp.einsum("bnqk,bknd->bqnd", p, v.astype(jnp.float32)).astype(q.dtype)
+
+
+def _xla(q, k, v):
+    lq = q.shape[1]
+    if lq <= XLA_QUERY_BLOCK:
+        return jax.nn.dot_product_attention(q, k, v, implementation="xla")
+    nb = -(-lq // XLA_QUERY_BLOCK)
+    pad = nb * XLA_QUERY_BLOCK - lq
+    qp = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    qb = qp.reshape(q.shape[0], nb, XLA_QUERY_BLOCK, *q.shape[2:]).swapaxes(0, 1)
+    out = jax.lax.map(lambda qi: jax.nn.dot_product_attention(qi, k, v, implementation="xla"), qb)
+    return out.swapaxes(0, 1).reshape(q.shape[0], nb * XLA_QUERY_BLOCK, *q.shape[2:])[:, :lq]
+
+
+def _cudnn(q, k, v):
+    return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+
+
+def _splash(q, k, v, block: int = 128):
+    """Splash attention with padding to the block size; padded keys are masked by segment ids."""
+    from jax.experimental.pallas.ops.tpu import splash_attention as sa
+
+    b, lq, n, d = q.shape
+    lk = k.shape[1]
+    pq, pk = -(-lq // block) * block, -(-lk // block) * block
+    interpret = jax.default_backend() != "tpu"
+    mask = sa.MultiHeadMask([sa.FullMask((pq, pk)) for _ in range(n)])
+    bs = sa.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block)
+    kernel = sa.make_splash_mha(mask, head_shards=1, q_seq_shards=1, block_sizes=bs, interpret=interpret)
+    qt = jnp.pad(q, ((0, 0), (0, pq - lq), (0, 0), (0, 0))).transpose(0, 2, 1, 3) / math.sqrt(d)
+    kt = jnp.pad(k, ((0, 0), (0, pk - lk), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+    vt = jnp.pad(v, ((0, 0), (0, pk - lk), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+    seg = sa.SegmentIds(q=jnp.zeros((pq,), jnp.int32), kv=jnp.where(jnp.arange(pk) < lk, 0, 1).astype(jnp.int32))
+    out = jax.vmap(lambda a, b_, c: kernel(a, b_, c, segment_ids=seg))(qt.astype(q.dtype), kt, vt)
+    return out.transpose(0, 2, 1, 3)[:, :lq].astype(q.dtype)
+
+
+_BACKENDS = {"xla": _xla, "cudnn": _cudnn, "splash": _splash, "reference": reference_attention}
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, backend: str = "auto") -> jax.Array:
+    """softmax(q k^T / sqrt(d)) v for (B, L, N, d) inputs with the chosen backend (no mask)."""
+    name = resolve(backend, q.dtype)
+    if name == "cudnn" and jnp.dtype(q.dtype) not in (jnp.bfloat16, jnp.float16):
+        raise ValueError("cudnn attention needs bfloat16/float16 inputs; run with dtype=bfloat16 or attention=xla")
+    fn = _BACKENDS[name]
+    mesh = sharding.current_mesh()
+    if mesh is None or (mesh.shape["context"] == 1 and mesh.shape["tensor"] == 1):
+        return fn(q, k, v)
+    return _sharded(fn, mesh, q, k, v)
+
+
+def _sharded(fn, mesh, q, k, v):
+    """Sequence/head-parallel attention: q sharded over context, k/v gathered, heads over tensor."""
+    b_axes = sharding.spec(("batch",), (q.shape[0],), mesh)[0]
+    heads = sharding.spec(("act_heads",), (q.shape[2],), mesh)[0]
+    seq = sharding.spec(("seq",), (q.shape[1],), mesh)[0]
+    q_spec = P(b_axes, seq, heads, None)
+    kv_spec = P(b_axes, None, heads, None)
+    f = jax.shard_map(functools.partial(_local, fn), mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec),
+                      out_specs=q_spec, check_vma=False)
+    return f(q, k, v)
+
+
+def _local(fn, q, k, v):
+    return fn(q, k, v)

@@ -1,0 +1,165 @@
+"""``load_dit``: a converted checkpoint as a callable, jit-compiled, optionally sharded model.
+
+    dit = yume_jax.load_dit("ckpt/", dtype="bfloat16")
+    v = dit(hidden_states, timestep, text_context, image_context=None)
+
+Inputs are NumPy or JAX arrays in the diffusers layout; the output equals diffusers'
+``WanTransformer3DModel(...)(hidden_states, timestep, encoder_hidden_states,
+encoder_hidden_states_image).sample``. The forward is compiled once per input shape.
+"""
+from __future__ import annotations
+
+import json
+import os
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from yume_jax import sharding
+from yume_jax.convert.tensors import JAX_META, JAX_PARAMS, ConversionError, SafetensorsWriter, open_source
+from yume_jax.models import params as P
+from yume_jax.models.config import DiTConfig, Runtime
+
+
+def build(cfg: DiTConfig, *, seed: int = 0, param_dtype="float32", abstract: bool = False):
+    """A randomly initialised model for ``cfg`` (Yume model when the config has history tiers)."""
+    from yume_jax.models.yume import YumeDiT
+
+    def make():
+        return YumeDiT(cfg, rngs=nnx.Rngs(seed), param_dtype=jnp.dtype(param_dtype))
+
+    return nnx.eval_shape(make) if abstract else make()
+
+
+class DiT:
+    """A DiT bound to its parameters, run-time policy and (optional) mesh."""
+
+    def __init__(self, model: nnx.Module, runtime: Runtime = Runtime(), mesh=None):
+        self.config: DiTConfig = model.cfg
+        self.runtime = runtime
+        self.mesh = mesh
+        self.graphdef, self.params = nnx.split(model)
+        if mesh is not None:
+            self.params = shard_params(self.params, mesh)
+        self._forward = jax.jit(self._apply, static_argnames=("chunk",))
+
+    @property
+    def model(self) -> nnx.Module:
+        return nnx.merge(self.graphdef, self.params)
+
+    def _apply(self, params, hidden_states, timestep, text, image, chunk=None):
+        with sharding.use_mesh(self.mesh):
+            model = nnx.merge(self.graphdef, params)
+            if self.mesh is not None:
+                hidden_states = sharding.constrain(hidden_states, ("batch", None, None, None, None))
+            return model(hidden_states, timestep, text, image, chunk=chunk, runtime=self.runtime)
+
+    def __call__(self, hidden_states, timestep, text_context, image_context=None, chunk: int | None = None):
+        x, t, txt, img = validate_inputs(self.config, hidden_states, timestep, text_context, image_context, chunk)
+        return self._forward(self.params, x, t, txt, img, chunk=chunk)
+
+
+def validate_inputs(cfg: DiTConfig, hidden_states, timestep, text_context, image_context, chunk=None):
+    """Shapes checked up front, with errors that name the argument (never a trace from inside JAX)."""
+    x = jnp.asarray(hidden_states)
+    if x.ndim != 5:
+        raise ValueError(f"hidden_states must be (B, C, F, H, W); got shape {tuple(x.shape)}")
+    b, c, f, h, w = x.shape
+    if c != cfg.in_channels:
+        raise ValueError(f"hidden_states has {c} channels; this model takes {cfg.in_channels}")
+    pt, ph, pw = cfg.patch_size
+    if f % pt or h % ph or w % pw:
+        raise ValueError(f"hidden_states F, H, W = {f}, {h}, {w} must be multiples of the patch {cfg.patch_size}")
+    if chunk is not None and not (0 < chunk <= f):
+        raise ValueError(f"chunk={chunk} must be in 1..F={f}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"hidden_states must be floating point, got {x.dtype}")
+    t = jnp.asarray(timestep, jnp.float32)
+    if t.ndim == 0:
+        t = jnp.broadcast_to(t, (b,))
+    if t.ndim not in (1, 2) or t.shape[0] != b:
+        raise ValueError(f"timestep must be (B,) or (B, tokens) with B={b}; got shape {tuple(t.shape)}")
+    if t.ndim == 2 and chunk is None:
+        tokens = (f // pt) * (h // ph) * (w // pw)
+        if t.shape[1] != tokens:
+            raise ValueError(f"per-token timestep has {t.shape[1]} entries; the input has {tokens} tokens")
+    txt = jnp.asarray(text_context)
+    if txt.ndim != 3 or txt.shape[0] != b or txt.shape[2] != cfg.text_dim:
+        raise ValueError(f"text_context must be (B={b}, L, {cfg.text_dim}); got shape {tuple(txt.shape)}")
+    img = None
+    if cfg.image_dim is not None:
+        if image_context is None:
+            raise ValueError(f"this model has image cross-attention: image_context (B, 257, {cfg.image_dim}) "
+                             "is required")
+        img = jnp.asarray(image_context)
+        if img.ndim != 3 or img.shape[0] != b or img.shape[2] != cfg.image_dim:
+            raise ValueError(f"image_context must be (B={b}, N, {cfg.image_dim}); got shape {tuple(img.shape)}")
+    elif image_context is not None:
+        raise ValueError("this model has no image cross-attention; image_context must be None")
+    return x, t, txt, img
+
+
+def shard_params(state, mesh):
+    flat = P.flatten(state)
+    shardings = sharding.param_shardings({k: v.shape for k, v in flat.items()}, mesh)
+    return P.fill(state, lambda name, leaf: jax.device_put(leaf, shardings[name]))
+
+
+def load_dit(path: str | os.PathLike, dtype: str = "float32", *, param_dtype: str | None = None,
+             attention: str = "auto", remat: str = "none", mesh=None) -> DiT:
+    """Load a converted DiT checkpoint (``python -m yume_jax.convert`` output).
+
+    ``dtype`` is the compute dtype; parameters are held in ``param_dtype`` (default: ``dtype``).
+    With ``mesh`` (see :func:`yume_jax.sharding.make_mesh`) parameters are placed by the logical
+    axis table and the forward runs sharded.
+    """
+    src = open_source(path)
+    if src.meta is None:
+        raise ConversionError(f"not a yume_jax checkpoint (no {JAX_META}); convert it first with "
+                              "python -m yume_jax.convert", file=path)
+    if src.meta.get("family") != "dit":
+        raise ConversionError(f"checkpoint holds a {src.meta.get('family')!r} model, not a DiT", file=path)
+    cfg = DiTConfig.from_dict(src.meta["config"])
+    pdt = jnp.dtype(param_dtype or dtype)
+    abstract = build(cfg, param_dtype=pdt, abstract=True)
+    graphdef, state = nnx.split(abstract)
+    have = set(src.keys())
+    shardings = None
+    if mesh is not None:
+        flat = P.flatten(state)
+        shardings = sharding.param_shardings({k: v.shape for k, v in flat.items()}, mesh)
+
+    def get(name, leaf):
+        names = P.unstacked_names(name, cfg.num_layers) if P.is_stacked(name) else [name]
+        for n in names:
+            if n not in have:
+                raise ConversionError("missing key", file=src.path, key=n)
+        arr = np.stack([src.read(n) for n in names]) if P.is_stacked(name) else src.read(name)
+        if tuple(arr.shape) != tuple(leaf.shape):
+            raise ConversionError(f"shape {arr.shape}, model expects {leaf.shape}", file=src.path, key=names[0])
+        arr = arr.astype(pdt)
+        return jax.device_put(arr, shardings[name]) if shardings else jnp.asarray(arr)
+
+    state = P.fill(state, get)
+    model = nnx.merge(graphdef, state)
+    return DiT(model, Runtime(dtype=dtype, attention=attention, remat=remat), mesh=mesh)
+
+
+def save_dit(model: nnx.Module, path: str | os.PathLike, *, source_naming: str = "wan") -> Path:
+    """Write a model as a yume_jax checkpoint directory (params in their current dtype)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    flat = {k: np.asarray(jax.device_get(v)) for k, v in P.flatten(nnx.state(model)).items()}
+    ckpt = P.to_checkpoint(flat)
+    w = SafetensorsWriter(path / JAX_PARAMS, [(k, v.dtype, v.shape) for k, v in ckpt.items()])
+    for k, v in ckpt.items():
+        w.write(k, v)
+    w.close()
+    meta = {"format": 1, "family": "dit", "config": model.cfg.to_dict(), "source_naming": source_naming,
+            "extras": []}
+    (path / JAX_META).write_text(json.dumps(meta, indent=1, sort_keys=True))
+    return path

@@ -1,0 +1,176 @@
+"""Logical axis names and the one table that maps them onto the device mesh (MaxText-style).
+
+Mesh axes: ``data`` (pure data parallel), ``fsdp`` (data parallel + parameter/optimizer sharding,
+ZeRO-3), ``context`` (sequence parallel: video tokens split across devices), ``tensor`` (heads and
+FFN hidden units split across devices).
+
+Every parameter gets logical axes from :func:`param_axes` (by name), activations get them at
+:func:`constrain` calls in the model. :data:`RULES` is the only place that says which mesh axis a
+logical axis lands on. A logical axis whose mesh axes do not divide the array dimension is left
+replicated (tiny test models on big meshes), never an error.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import threading
+from typing import Iterator, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "context", "tensor")
+
+# logical axis -> mesh axes (None: replicated)
+RULES: dict[str, tuple[str, ...] | None] = {
+    # activations
+    "batch": ("data", "fsdp"),
+    "seq": ("context",),
+    "act_embed": None,
+    "act_heads": ("tensor",),
+    "act_mlp": ("tensor",),
+    "ctx_seq": None,
+    # parameters
+    "layers": None,
+    "embed": ("fsdp",),
+    "heads": ("tensor",),  # q/k/v output features = heads * head_dim
+    "mlp": ("tensor",),
+    "vocab": ("tensor",),
+    "in": None,  # small input feature dims (patch features, text/image/freq dims)
+    "out": None,
+    "mod": None,  # the 6 (or 2) modulation rows
+}
+
+
+def make_mesh(shape: dict[str, int] | Sequence[int] | None = None, devices=None) -> Mesh:
+    """A mesh over ``devices`` (default all) with the four axes; ``-1`` fills the remaining devices.
+
+    ``make_mesh({"fsdp": 2, "tensor": 4})``; axes not named have size 1.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if shape is None:
+        shape = {"fsdp": -1}
+    if not isinstance(shape, dict):
+        shape = dict(zip(MESH_AXES, shape))
+    unknown = set(shape) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"unknown mesh axes {sorted(unknown)}; use {MESH_AXES}")
+    sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"at most one mesh axis may be -1: {shape}")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(f"mesh {shape} does not divide {len(devices)} devices")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if math.prod(sizes) != len(devices):
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+                         f"have {len(devices)}")
+    arr = np.array(devices).reshape(sizes)
+    return Mesh(arr, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def spec(axes: Sequence[str | None], shape: Sequence[int] | None = None, mesh: Mesh | None = None) -> P:
+    """PartitionSpec for logical ``axes``; with ``shape`` and ``mesh``, non-dividing axes are replicated."""
+    out = []
+    used: set[str] = set()
+    for i, name in enumerate(axes):
+        mesh_axes = RULES.get(name) if name is not None else None
+        if name is not None and name not in RULES:
+            raise KeyError(f"logical axis {name!r} has no rule in yume_jax.sharding.RULES")
+        if mesh_axes and mesh is not None:
+            mesh_axes = tuple(a for a in mesh_axes if mesh.shape[a] > 1 and a not in used)
+            if shape is not None and mesh_axes and shape[i] % math.prod(mesh.shape[a] for a in mesh_axes):
+                mesh_axes = ()
+        if not mesh_axes:
+            out.append(None)
+        else:
+            used.update(mesh_axes)
+            out.append(mesh_axes[0] if len(mesh_axes) == 1 else tuple(mesh_axes))
+    return P(*out)
+
+
+# ---------------------------------------------------------------------------------------------
+# parameters: logical axes by name (the checkpoint's flat names, layer axis already stacked)
+
+_PARAM_RULES: list[tuple[str, tuple[str | None, ...]]] = [
+    (r"(self_attn|cross_attn)\.(q|k|v|k_img|v_img)\.kernel$", ("embed", "heads")),
+    (r"(self_attn|cross_attn)\.(q|k|v|k_img|v_img)\.bias$", ("heads",)),
+    (r"(self_attn|cross_attn)\.o\.kernel$", ("heads", "embed")),
+    (r"(self_attn|cross_attn)\.o\.bias$", ("embed",)),
+    (r"norm_(q|k|k_img)\.scale$", ("heads",)),
+    (r"ffn\.fc1\.kernel$", ("embed", "mlp")),
+    (r"ffn\.fc1\.bias$", ("mlp",)),
+    (r"ffn\.fc2\.kernel$", ("mlp", "embed")),
+    (r"ffn\.fc2\.bias$", ("embed",)),
+    (r"modulation$", ("mod", "embed")),
+    (r"norm3\.(scale|bias)$", ("embed",)),
+    (r"patch_embedding\.kernel$", (None, None, None, "in", "embed")),
+    (r"history_embedding\.\w+\.kernel$", (None, None, None, "in", None)),
+    (r"history_embedding\.\w+\.bias$", (None,)),
+    (r"patch_embedding\.bias$", ("embed",)),
+    (r"(text_embedding|time_embedding)\.fc1\.kernel$", ("in", "embed")),
+    (r"(text_embedding|time_embedding)\.fc2\.kernel$", ("embed", "embed")),
+    (r"time_projection\.kernel$", ("embed", "mlp")),
+    (r"time_projection\.bias$", ("mlp",)),
+    (r"img_emb\.fc1\.kernel$", ("in", "in")),
+    (r"img_emb\.fc2\.kernel$", ("in", "embed")),
+    (r"img_emb\.norm1\.(scale|bias)$", ("in",)),
+    (r"head\.proj\.kernel$", ("embed", "out")),
+    (r"head\.proj\.bias$", ("out",)),
+    (r"mask_token$", (None, None, "embed")),
+    (r"\.bias$", ("embed",)),  # remaining biases and norm params are over the model width
+    (r"\.scale$", ("embed",)),
+]
+
+
+def param_axes(name: str, ndim: int) -> tuple[str | None, ...]:
+    """Logical axes of a parameter from its flat name; stacked layers get a leading "layers" axis."""
+    stacked = name.startswith("blocks.")
+    for pattern, axes in _PARAM_RULES:
+        if re.search(pattern, name):
+            axes = (("layers",) if stacked else ()) + tuple(axes)
+            if len(axes) != ndim:
+                raise ValueError(f"{name}: rule {pattern} gives {len(axes)} axes for a {ndim}-d parameter")
+            return axes
+    raise KeyError(f"no sharding rule for parameter {name!r} (add one to yume_jax.sharding._PARAM_RULES)")
+
+
+def param_shardings(flat_shapes: dict[str, tuple[int, ...]], mesh: Mesh) -> dict[str, NamedSharding]:
+    return {k: NamedSharding(mesh, spec(param_axes(k, len(s)), s, mesh)) for k, s in flat_shapes.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# activations
+
+_state = threading.local()
+
+
+def current_mesh() -> Mesh | None:
+    return getattr(_state, "mesh", None)
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh | None) -> Iterator[Mesh | None]:
+    """Make ``mesh`` the target of :func:`constrain` (and of sequence-parallel attention) while tracing."""
+    prev = current_mesh()
+    _state.mesh = mesh
+    try:
+        yield mesh
+    finally:
+        _state.mesh = prev
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+    """Declare the sharding of an activation by logical axes (a no-op without a mesh)."""
+    mesh = current_mesh()
+    if mesh is None or mesh.size == 1:
+        return x
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec(axes, x.shape, mesh)))
+
+
+def named(axes: Sequence[str | None], shape=None, mesh: Mesh | None = None) -> NamedSharding:
+    mesh = mesh or current_mesh()
+    return NamedSharding(mesh, spec(axes, shape, mesh))
