@@ -1,0 +1,192 @@
+"""Front door of the samplers: a typed ``SamplerConfig`` with named presets, ``sample`` (a pure function to
+call inside your own jit) and ``Sampler`` (the whole guided loop jitted once, for rollouts).
+
+Defaults follow spec/yume.md "Sampling" (Euler, 50 steps, shift 3, CFG 5, SDE eta 0.3, TTS l = 2,
+interval 2, r = 1, AAM K = 4) and spec/wan.md "Sampling defaults" for the plain Wan presets.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from yume_jax.sampling import aam, cfg, euler, sde, tts
+from yume_jax.sampling.frozen import Frozen
+from yume_jax.sampling.schedules import shifted_sigmas
+
+NAMES = ("euler", "sde", "tts", "tts-sde")
+
+
+@dataclass(frozen=True)
+class TTSConfig:
+    travel: int = 2  # look-ahead depth l (l - 1 extra evaluations per travel step)
+    interval: int = 2  # a travel step every `interval` steps
+    repeat: int = 1  # fixed-point iterations r of look-ahead-and-redo (see tts.py)
+
+
+@dataclass(frozen=True)
+class AAMConfig:
+    steps: int = 4  # K: leading pass-2 steps whose low frequencies come from the re-noised first pass
+    projector: str = "fft"  # "fft" (radial low-pass) or "pool" (block mean + nearest upsample)
+    cutoff: float = 0.25  # fft: kept radius as a fraction of Nyquist (our choice; the spec gives none)
+    factor: int = 4  # pool: block size
+    axes: tuple[int, int] = (-3, -2)  # spatial axes of the latents (channels-last [..., H, W, C])
+
+    def __post_init__(self):
+        object.__setattr__(self, "axes", tuple(self.axes))
+        aam.projector(self.projector, cutoff=self.cutoff, factor=self.factor, axes=self.axes)
+        if int(self.steps) != self.steps or self.steps < 0:
+            raise ValueError(f"AAM steps K must be a non-negative integer, got {self.steps!r}")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    name: str = "euler"  # euler | sde | tts | tts-sde
+    steps: int = 50
+    shift: float = 3.0
+    cfg_scale: float = 5.0  # 1.0 = no guidance (no unconditional evaluation)
+    eta: float = 0.3  # SDE diffusion scale (sde, tts-sde)
+    sde_last: str = "spec"  # "spec": the spec's final SDE step; "ode": final step to x0_hat (see sde.py)
+    tts: TTSConfig = field(default_factory=TTSConfig)
+    aam: Optional[AAMConfig] = None
+
+    def __post_init__(self):
+        if isinstance(self.tts, dict):
+            object.__setattr__(self, "tts", TTSConfig(**self.tts))
+        if isinstance(self.aam, dict):
+            object.__setattr__(self, "aam", AAMConfig(**self.aam))
+        if self.name not in NAMES:
+            raise ValueError(f"sampler name must be one of {NAMES}, got {self.name!r}")
+        shifted_sigmas(self.steps, self.shift)  # validates steps and shift
+        if not self.eta >= 0:
+            raise ValueError(f"eta must be >= 0, got {self.eta!r}")
+        if self.sde_last not in sde.LAST_STEP:
+            raise ValueError(f"sde_last must be one of {sde.LAST_STEP}, got {self.sde_last!r}")
+        tts.check(self.tts.travel, self.tts.interval, self.tts.repeat)
+        if self.aam is not None and self.aam.steps > self.steps:
+            raise ValueError(f"AAM steps K = {self.aam.steps} exceeds the {self.steps} sampling steps")
+
+    @property
+    def stochastic(self) -> bool:
+        return self.name in ("sde", "tts-sde")
+
+    @property
+    def sigmas(self):
+        return shifted_sigmas(self.steps, self.shift)
+
+    @property
+    def evaluations(self) -> int:
+        """Velocity evaluations per sample (each one batched cond + uncond call under CFG)."""
+        n = self.steps
+        if self.name in ("tts", "tts-sde"):
+            n = tts.evaluations(self.steps, self.tts.travel, self.tts.interval, self.tts.repeat)
+        return n * (2 if self.aam is not None else 1)
+
+    def replace(self, **kw) -> "SamplerConfig":
+        return dataclasses.replace(self, **kw)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        if d["aam"] is not None:
+            d["aam"]["axes"] = list(d["aam"]["axes"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SamplerConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown sampler config keys: {unknown}")
+        return cls(**d)
+
+
+PRESETS = {
+    "yume": SamplerConfig(),
+    "yume-sde": SamplerConfig(name="sde"),
+    "yume-tts": SamplerConfig(name="tts"),
+    "yume-tts-sde": SamplerConfig(name="tts-sde"),
+    "yume-aam": SamplerConfig(aam=AAMConfig()),
+    "yume-14": SamplerConfig(steps=14),  # step count of the distilled model (spec "Distillation and caching")
+    "wan-t2v": SamplerConfig(steps=50, shift=5.0),
+    "wan-i2v": SamplerConfig(steps=40, shift=5.0),
+    "wan-i2v-480p": SamplerConfig(steps=40, shift=3.0),
+}
+
+
+def preset(name: str, **overrides) -> SamplerConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown sampler preset {name!r}; known: {sorted(PRESETS)}")
+    return PRESETS[name].replace(**overrides)
+
+
+def sample(config: SamplerConfig, velocity, noise, *, key=None, frozen: Optional[Frozen] = None,
+           on_step: Optional[Callable] = None):
+    """Sample x0 from ``noise`` (the latents at sigma = 1) with ``velocity(x, sigma) -> v``.
+
+    Pure and traceable: call it inside a jit. ``key`` drives the SDE noise (needed for sde / tts-sde);
+    ``frozen`` keeps a region (the history) out of the integration (frozen.py); ``on_step(i)`` is called on
+    the host once per step (twice per step index with AAM, once per pass).
+    """
+    if config.stochastic and key is None:
+        raise ValueError(f"sampler {config.name!r} is stochastic and needs a PRNG key")
+    sigmas = config.sigmas
+    kw = dict(key=key, frozen=frozen, on_step=on_step)
+    if config.name == "euler":
+        run = functools.partial(euler.sample, velocity, sigmas=sigmas, **kw)
+    elif config.name == "sde":
+        run = functools.partial(sde.sample, velocity, sigmas=sigmas, eta=config.eta, last=config.sde_last, **kw)
+    else:
+        t = config.tts
+        extra = dict(travel=t.travel, interval=t.interval, repeat=t.repeat, **kw)
+        if config.name == "tts":
+            run = functools.partial(tts.sample, velocity, sigmas=sigmas, **extra)
+        else:
+            run = functools.partial(tts.sample_sde, velocity, sigmas=sigmas, eta=config.eta,
+                                    last=config.sde_last, **extra)
+    if config.aam is None:
+        return run(noise)
+    a = config.aam
+    project = aam.projector(a.projector, cutoff=a.cutoff, factor=a.factor, axes=a.axes)
+    return aam.sample(lambda x, pre=None: run(x, pre=pre), noise, sigmas, steps=a.steps, project=project)
+
+
+class Sampler:
+    """One guided denoising loop, jitted once per input shape.
+
+    ``model(params, x, sigma, ctx) -> v`` (cfg.py). Call ``sampler(params, noise, cond, uncond, key=...,
+    frozen=...)``: with ``mesh`` given, cond and uncond run on the two halves of mesh axis ``cfg_axis``
+    (cfg.guided_split), otherwise in one batch (cfg.guided). ``traces`` counts the traces (compiles).
+    """
+
+    def __init__(self, config: SamplerConfig, model, *, mesh=None, cfg_axis: str = "cfg",
+                 on_step: Optional[Callable] = None):
+        self.config, self.model, self.mesh, self.cfg_axis, self.on_step = config, model, mesh, cfg_axis, on_step
+        self.traces = 0
+        self._run = jax.jit(self._trace)
+
+    def _trace(self, params, noise, cond, uncond, key, frozen):
+        self.traces += 1
+        c = self.config
+        if c.cfg_scale == 1.0:
+            velocity = functools.partial(self._plain, params, cond)
+        elif self.mesh is not None:
+            velocity = cfg.guided_split(self.model, params, cond, uncond, c.cfg_scale, self.mesh, self.cfg_axis)
+        else:
+            velocity = cfg.guided(self.model, params, cond, uncond, c.cfg_scale)
+        return sample(c, velocity, noise, key=key, frozen=frozen, on_step=self.on_step)
+
+    def _plain(self, params, cond, x, sigma):
+        return self.model(params, x, cfg._batched_sigma(sigma, x.shape[0]), cond)
+
+    def __call__(self, params, noise, cond, uncond=None, *, key=None, frozen: Optional[Frozen] = None):
+        if self.config.cfg_scale != 1.0 and uncond is None:
+            raise ValueError(f"cfg_scale {self.config.cfg_scale} needs an unconditional context (uncond)")
+        if self.config.stochastic and key is None:
+            raise ValueError(f"sampler {self.config.name!r} is stochastic and needs a PRNG key")
+        if frozen is not None:
+            frozen.check(noise)
+        return self._run(params, noise, cond, None if self.config.cfg_scale == 1.0 else uncond, key, frozen)
