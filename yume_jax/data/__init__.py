@@ -1,0 +1,1 @@
+"""Data: Sekai readers, the sandbox world, Grain input pipelines and the latent dataset."""
