@@ -2,3 +2,4 @@
 from yume_jax.convert.dit import DiTFamily
 
 FAMILIES = [DiTFamily()]
+from yume_jax.convert.vae import VAEFamily; FAMILIES.append(VAEFamily())  # noqa: E402,E702

@@ -1,0 +1,61 @@
+"""Parameters of the VAE as a flat ``{"encoder.conv_in.kernel": array}`` mapping and back to a Flax state."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from yume_jax.convert.tensors import ConversionError
+from yume_jax.vae.config import VAEConfig
+from yume_jax.vae.model import WanVAEModel
+
+
+def _name(path) -> str:
+    return ".".join(str(p) for p in path)
+
+
+@lru_cache(maxsize=16)
+def _abstract(cfg: VAEConfig):
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: WanVAEModel(cfg, rngs=nnx.Rngs(0))))
+    return graphdef, {_name(p): tuple(v.shape) for p, v in nnx.to_flat_state(state)}
+
+
+def abstract_params(cfg: VAEConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter name and shape of a VAE with ``cfg``, in module order."""
+    return dict(_abstract(cfg)[1])
+
+
+def graphdef(cfg: VAEConfig):
+    return _abstract(cfg)[0]
+
+
+def init_params(cfg: VAEConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random parameters (benchmarks, tests); real ones come from a converted checkpoint."""
+    _, state = nnx.split(WanVAEModel(cfg, rngs=nnx.Rngs(seed)))
+    return {_name(p): np.asarray(v[...]) for p, v in nnx.to_flat_state(state)}
+
+
+def to_state(cfg: VAEConfig, params: dict, dtype, *, file=None) -> nnx.State:
+    """Check names and shapes against the model (a mismatched checkpoint fails here, naming the key)."""
+    want = abstract_params(cfg)
+    missing = [k for k in want if k not in params]
+    if missing:
+        raise ConversionError(f"missing parameter ({len(missing)} missing in all; wrong checkpoint for this config?)",
+                              file=file, key=missing[0])
+    unknown = sorted(set(params) - set(want))
+    if unknown:
+        raise ConversionError(f"unexpected parameter ({len(unknown)} in all)", file=file, key=unknown[0])
+    flat = {}
+    for k, shape in want.items():
+        v = params[k]
+        if tuple(v.shape) != shape:
+            raise ConversionError(f"shape {list(v.shape)}, the model expects {list(shape)}", file=file, key=k)
+        flat[tuple(int(p) if p.isdigit() else p for p in k.split("."))] = jnp.asarray(v, dtype)
+    return nnx.from_flat_state(flat)
+
+
+def cast_state(state: nnx.State, dtype) -> nnx.State:
+    return jax.tree.map(lambda a: a.astype(dtype), state)
