@@ -45,22 +45,29 @@ class DiT:
         self.graphdef, self.params = nnx.split(model)
         if mesh is not None:
             self.params = shard_params(self.params, mesh)
-        self._forward = jax.jit(self._apply, static_argnames=("chunk",))
+        self._forward = jax.jit(self._apply, static_argnames=("chunk", "history_timestep"))
 
     @property
     def model(self) -> nnx.Module:
         return nnx.merge(self.graphdef, self.params)
 
-    def _apply(self, params, hidden_states, timestep, text, image, chunk=None):
+    def _apply(self, params, hidden_states, timestep, text, image, chunk=None, history_timestep=None):
         with sharding.use_mesh(self.mesh):
             model = nnx.merge(self.graphdef, params)
             if self.mesh is not None:
                 hidden_states = sharding.constrain(hidden_states, ("batch", None, None, None, None))
-            return model(hidden_states, timestep, text, image, chunk=chunk, runtime=self.runtime)
+            return model(hidden_states, timestep, text, image, chunk=chunk, history_timestep=history_timestep,
+                         runtime=self.runtime)
 
-    def __call__(self, hidden_states, timestep, text_context, image_context=None, chunk: int | None = None):
+    def __call__(self, hidden_states, timestep, text_context, image_context=None, chunk: int | None = None,
+                 history_timestep: float | None = None):
+        """Velocity (B, C_out, F, H, W); with ``chunk=N`` the first F-N frames are compressed history and
+        the output covers the last N frames. ``history_timestep=0.0``: clean history (Yume 1.5)."""
         x, t, txt, img = validate_inputs(self.config, hidden_states, timestep, text_context, image_context, chunk)
-        return self._forward(self.params, x, t, txt, img, chunk=chunk)
+        if chunk is not None and chunk == x.shape[2]:
+            chunk = None  # no history: exactly the plain forward (and the same compiled program)
+        ht = None if history_timestep is None or chunk is None else float(history_timestep)
+        return self._forward(self.params, x, t, txt, img, chunk=chunk, history_timestep=ht)
 
 
 def validate_inputs(cfg: DiTConfig, hidden_states, timestep, text_context, image_context, chunk=None):

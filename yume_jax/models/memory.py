@@ -154,7 +154,7 @@ def trilinear_resize(w: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
     """torch.nn.functional.interpolate(w, size, mode="trilinear", align_corners=False), float32.
 
     w: (O, I, T, H, W). Same index/weight rule and summation order as PyTorch's CPU kernel
-    (separable: outer axis first, ``out = x0 * w0; out += x1 * w1`` on each axis)."""
+    (separable, outer axis first; on each axis x0*w0 + x1*w1 as one fused multiply-add)."""
     w = np.asarray(w, np.float32)
     out = w
     # evaluate as torch does: nested over (t, h, w) with the innermost axis summed first
@@ -172,20 +172,20 @@ def trilinear_resize(w: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
     (t0, t1), (h0, h1), (w0, w1) = idx
     (lt0, lt1), (lh0, lh1), (lw0, lw1) = lam
 
+    def comb(a, wa, b, wb):
+        # torch's kernel computes a*wa + b*wb contracted to fma(a, wa, round(b*wb)); float64 holds the
+        # exact product of two float32s, so this emulates the fused multiply-add
+        bw = (b * wb).astype(np.float32).astype(np.float64)
+        return (a.astype(np.float64) * wa.astype(np.float64) + bw).astype(np.float32)
+
     def along_w(x):  # x: (..., W_in) -> (..., W_out)
-        o = x[..., w0] * lw0
-        o = o + x[..., w1] * lw1
-        return o
+        return comb(x[..., w0], lw0, x[..., w1], lw1)
 
     def along_h(x):  # x: (..., H_in, W_in)
-        a = along_w(x[..., h0, :]) * lh0[:, None]
-        a = a + along_w(x[..., h1, :]) * lh1[:, None]
-        return a
+        return comb(along_w(x[..., h0, :]), lh0[:, None], along_w(x[..., h1, :]), lh1[:, None])
 
     def along_t(x):
-        a = along_h(x[:, :, t0]) * lt0[:, None, None]
-        a = a + along_h(x[:, :, t1]) * lt1[:, None, None]
-        return a
+        return comb(along_h(x[:, :, t0]), lt0[:, None, None], along_h(x[:, :, t1]), lt1[:, None, None])
 
     out = along_t(w)
     return out.astype(np.float32)
