@@ -18,7 +18,8 @@
 Linear weights are transposed, norms map weight -> scale. transformers checkpoints come with or
 without the ``vision_model.`` prefix (transformers 5 saves CLIPVisionModel without it); exports
 write it. Wan's file also holds the XLM-RoBERTa text tower (``textual.*``) and ``log_scale``: they
-are carried as ``extras`` (not loaded) so that Wan -> yume_jax -> Wan is bit-exact. Heads cannot be
+are carried as ``extras`` (not loaded) so that Wan -> yume_jax -> Wan is bit-exact, except the 0-d
+``log_scale``, dropped because the shared safetensors writer cannot write 0-d tensors yet. Heads cannot be
 read from shapes: config.json, else ``--num-heads``, else open-clip's rule (width/64 up to width 1024,
 16 above: ViT-H/14 has 16).
 """
@@ -207,7 +208,10 @@ class CLIPFamily(Family):
                for r in rows(cfg, naming, prefix) for j, js, f in zip(r.jax, r.jax_shapes, r.to_jax)]
         extras, ignore = [], set()
         if naming == "wan":  # the text tower and logit scale of Wan's full CLIP file
-            extras = [k for k in keys if not k.startswith("visual.")]
+            others = [k for k in keys if not k.startswith("visual.")]
+            # 0-d tensors (log_scale) are dropped: the shared safetensors writer cannot store them yet
+            ignore = {k for k in others if src.info(k).shape == ()}
+            extras = [k for k in others if k not in ignore]
             ops += [Op(k, (k,), src.info(k).shape) for k in extras]
         else:  # a non-persistent buffer older transformers versions saved; transformers ignores it too
             ignore = {k for k in keys if k == f"{prefix}embeddings.position_ids"}

@@ -41,7 +41,7 @@ class ImageEncoder:
 
     def encode(self, images) -> jax.Array:
         """uint8 images (B, H, W, 3), any H and W -> (B, tokens, dim) with Wan's preprocessing."""
-        if not hasattr(images, "shape") or not hasattr(images, "dtype"):
+        if not isinstance(images, (np.ndarray, jax.Array)):
             images = np.asarray(images)
         if images.dtype != np.uint8:
             raise ValueError(f"images must be uint8 (B, H, W, 3) in [0, 255]; got dtype {images.dtype}")
@@ -51,7 +51,7 @@ class ImageEncoder:
 
     def encode_pixels(self, pixel_values) -> jax.Array:
         """Normalised float pixels (B, 3, S, S), S = image_size -> (B, tokens, dim)."""
-        if not hasattr(pixel_values, "shape") or not hasattr(pixel_values, "dtype"):
+        if not isinstance(pixel_values, (np.ndarray, jax.Array)):
             pixel_values = np.asarray(pixel_values)
         s = self.config.image_size
         if not jnp.issubdtype(pixel_values.dtype, jnp.floating):
