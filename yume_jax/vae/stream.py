@@ -185,40 +185,39 @@ class WanVAE:
         self._mean = jnp.asarray(cfg.latents_mean, jnp.float32)
         self._std = jnp.asarray(cfg.latents_std, jnp.float32)
         self.traces = {"encode": 0, "decode": 0, "assemble": 0}  # compilations (a test asserts one per shape)
-        statics = ("first", "normalize", "finish")
+        self._stats = {True: (self._mean, self._std), False: (jnp.zeros_like(self._mean), jnp.ones_like(self._std))}
+        statics = ("first", "finish")
         self._enc = jax.jit(self._encode_step, static_argnames=statics, donate_argnames=("cache",))
         self._dec = jax.jit(self._decode_step, static_argnames=statics, donate_argnames=("cache",))
-        self._asm = jax.jit(self._assemble_step, static_argnames=("grid", "kind", "normalize"))
+        self._asm = jax.jit(self._assemble_step, static_argnames=("grid", "kind"))
 
     # ---- the compiled steps ---------------------------------------------------------------------
 
-    def _encode_step(self, params, cache, x, *, first: bool, normalize: bool, finish: bool):
+    def _encode_step(self, params, cache, x, stats, *, first: bool, finish: bool):
         self.traces["encode"] += 1
         model = nnx.merge(self._graphdef, params)
         c = Cache(None if first else cache)
         x = _patchify(jnp.transpose(x, (0, 2, 3, 4, 1)).astype(self.dtype), self.cfg.patch)
         mu = model.encode_chunk(x, c).astype(jnp.float32)
-        return (self._finish_latents(mu, normalize) if finish else mu), tuple(c.next)
+        return (self._finish_latents(mu, stats) if finish else mu), tuple(c.next)
 
-    def _decode_step(self, params, cache, z, *, first: bool, normalize: bool, finish: bool):
+    def _decode_step(self, params, cache, z, stats, *, first: bool, finish: bool):
         self.traces["decode"] += 1
         model = nnx.merge(self._graphdef, params)
         c = Cache(None if first else cache)
-        z = jnp.transpose(z, (0, 2, 3, 4, 1)).astype(jnp.float32)
-        if normalize:
-            z = z * self._std + self._mean
+        z = jnp.transpose(z, (0, 2, 3, 4, 1)).astype(jnp.float32) * stats[1] + stats[0]  # identity stats: exact
         y = model.decode_chunk(z.astype(self.dtype), c)
         return (self._finish_video(y) if finish else y), tuple(c.next)
 
-    def _assemble_step(self, tiles, *, grid: _Grid, kind: str, normalize: bool):
+    def _assemble_step(self, tiles, stats, *, grid: _Grid, kind: str):
         self.traces["assemble"] += 1
         x = _assemble(tiles, grid)
-        return self._finish_latents(x, normalize) if kind == "encode" else self._finish_video(x)
+        return self._finish_latents(x, stats) if kind == "encode" else self._finish_video(x)
 
-    def _finish_latents(self, mu, normalize: bool):
-        if normalize:
-            mu = (mu - self._mean) / self._std
-        return jnp.transpose(mu, (0, 4, 1, 2, 3))
+    @staticmethod
+    def _finish_latents(mu, stats):
+        """(mu - mean) / std; with normalize=False the stats are (0, 1), which is exact."""
+        return jnp.transpose((mu - stats[0]) / stats[1], (0, 4, 1, 2, 3))
 
     def _finish_video(self, y):
         y = jnp.clip(_unpatchify(y, self.cfg.patch).astype(jnp.float32), -1.0, 1.0)
@@ -345,6 +344,7 @@ class WanVAE:
         step = self._enc if kind == "encode" else self._dec
         p = self.cfg.patch if kind == "encode" else 1
         caches = list(state.caches) if state.caches is not None else [None] * (1 if grid is None else grid.n)
+        stats = self._stats[bool(normalize)]
         outs = []
         it = bounds
         if progress:
@@ -354,16 +354,16 @@ class WanVAE:
             first = state.frames == 0 and t0 == 0
             xt = x[:, :, t0:t1]
             if grid is None:
-                y, caches[0] = step(self.params, caches[0], xt, first=first, normalize=normalize, finish=True)
+                y, caches[0] = step(self.params, caches[0], xt, stats, first=first, finish=True)
             else:
                 tiles, n = [], 0
                 for h0, h1 in grid.h.spans:
                     for w0, w1 in grid.w.spans:
                         yt, caches[n] = step(self.params, caches[n], xt[:, :, :, h0 * p:h1 * p, w0 * p:w1 * p],
-                                             first=first, normalize=normalize, finish=False)
+                                             stats, first=first, finish=False)
                         tiles.append(yt)
                         n += 1
-                y = self._asm(tuple(tiles), grid=grid, kind=kind, normalize=normalize)
+                y = self._asm(tuple(tiles), stats, grid=grid, kind=kind)
             outs.append(y)
         state.consumed = True
         new = StreamState(kind, state.frames + t, (b, h, w), tuple(caches), key)
