@@ -13,6 +13,7 @@ Text is cleaned as Wan's ``HuggingfaceTokenizer(clean="whitespace")``: ftfy.fix_
 """
 from __future__ import annotations
 
+import functools
 import html
 import os
 import re
@@ -33,9 +34,7 @@ def load_tokenizer(kind: str, directory: str | os.PathLike | None = None):
     if kind == "none":
         return None
     if kind == "byt5":
-        from transformers import ByT5Tokenizer
-
-        return ByT5Tokenizer()
+        return _byt5()
     if kind != "umt5":
         raise ValueError(f"unknown tokenizer {kind!r}; use umt5, byt5 or none")
     if directory is None:
@@ -54,3 +53,10 @@ def load_tokenizer(kind: str, directory: str | os.PathLike | None = None):
         return AutoTokenizer.from_pretrained(str(d), local_files_only=True)
     except Exception as e:  # transformers raises many types for a broken directory
         raise ValueError(f"cannot load the tokenizer from {d} ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _byt5():
+    from transformers import ByT5Tokenizer
+
+    return ByT5Tokenizer()  # slow to build (seconds) and stateless: one shared instance
