@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import pytest
 
 from yume_jax import sampling as S
-from yume_jax.sampling import analytic, euler, tts
+from yume_jax.sampling import analytic, tts
 from yume_jax.sampling.frozen import history_clean, history_mask, history_renoised
 
 D = 16

@@ -14,7 +14,7 @@ restart from the re-noised first pass; here P is an orthogonal projector over th
 - ``lowpass_pool``: average-pool by ``factor`` then nearest upsample (blocks at the border are smaller when
   the size is not a multiple); P P = P, P is symmetric and keeps every block mean.
 
-Latents are channels-last by default: spatial axes (-3, -2) of [..., H, W, C].
+Spatial axes default to (-2, -1): latents in the DiT's layout [B, C, F, H, W] (yume_jax/models/loader.py).
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def fft_mask(h: int, w: int, cutoff: float) -> np.ndarray:
     return np.sqrt(fh**2 + fw**2) <= cutoff
 
 
-def lowpass_fft(x, cutoff: float, axes=(-3, -2)):
+def lowpass_fft(x, cutoff: float, axes=(-2, -1)):
     """Orthogonal spatial low-pass: zero every frequency above ``cutoff`` (fraction of Nyquist)."""
     ah, aw = _norm_axes(x, axes)
     y = jnp.moveaxis(x.astype(jnp.float32), (ah, aw), (-2, -1))
@@ -51,7 +51,7 @@ def lowpass_fft(x, cutoff: float, axes=(-3, -2)):
     return jnp.moveaxis(y, (-2, -1), (ah, aw)).astype(x.dtype)
 
 
-def lowpass_pool(x, factor: int, axes=(-3, -2)):
+def lowpass_pool(x, factor: int, axes=(-2, -1)):
     """Orthogonal projector onto images constant on factor x factor blocks: block mean, then replicate."""
     ah, aw = _norm_axes(x, axes)
     y = jnp.moveaxis(x.astype(jnp.float32), (ah, aw), (-2, -1))
@@ -64,7 +64,7 @@ def lowpass_pool(x, factor: int, axes=(-3, -2)):
     return jnp.moveaxis(up, (-2, -1), (ah, aw)).astype(x.dtype)
 
 
-def projector(kind: str = "fft", *, cutoff: float = 0.25, factor: int = 4, axes=(-3, -2)):
+def projector(kind: str = "fft", *, cutoff: float = 0.25, factor: int = 4, axes=(-2, -1)):
     """The projector P as a function x -> P x."""
     if kind == "fft":
         if not 0 < cutoff <= np.sqrt(2):

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import jax
-import jax.numpy as jnp
 
 from yume_jax.sampling import aam, cfg, euler, sde, tts
 from yume_jax.sampling.frozen import Frozen
@@ -34,7 +33,7 @@ class AAMConfig:
     projector: str = "fft"  # "fft" (radial low-pass) or "pool" (block mean + nearest upsample)
     cutoff: float = 0.25  # fft: kept radius as a fraction of Nyquist (our choice; the spec gives none)
     factor: int = 4  # pool: block size
-    axes: tuple[int, int] = (-3, -2)  # spatial axes of the latents (channels-last [..., H, W, C])
+    axes: tuple[int, int] = (-2, -1)  # spatial axes of the latents ([B, C, F, H, W])
 
     def __post_init__(self):
         object.__setattr__(self, "axes", tuple(self.axes))
@@ -117,10 +116,11 @@ PRESETS = {
 }
 
 
-def preset(name: str, **overrides) -> SamplerConfig:
-    if name not in PRESETS:
-        raise ValueError(f"unknown sampler preset {name!r}; known: {sorted(PRESETS)}")
-    return PRESETS[name].replace(**overrides)
+def preset(preset_name: str, /, **overrides) -> SamplerConfig:
+    """A named preset, optionally with fields replaced (e.g. ``preset("yume", name="sde", steps=14)``)."""
+    if preset_name not in PRESETS:
+        raise ValueError(f"unknown sampler preset {preset_name!r}; known: {sorted(PRESETS)}")
+    return PRESETS[preset_name].replace(**overrides)
 
 
 def sample(config: SamplerConfig, velocity, noise, *, key=None, frozen: Optional[Frozen] = None,

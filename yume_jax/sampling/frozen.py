@@ -69,9 +69,9 @@ def history_clean(mask, latents) -> Frozen:
     return Frozen(jnp.asarray(mask, jnp.bool_), jnp.asarray(latents), None, "clean")
 
 
-def history_mask(shape, history: int, axis: int = 1):
+def history_mask(shape, history: int, axis: int = 2):
     """Boolean mask of ``len(shape)`` dims, True on the first ``history`` entries of ``axis`` (the frame axis
-    of [history | chunk] latents), size 1 on every other axis."""
+    of [history | chunk] latents; axis 2 of the DiT's [B, C, F, H, W]), size 1 on every other axis."""
     axis = axis % len(shape)
     if not 0 <= history <= shape[axis]:
         raise ValueError(f"history {history} out of range for axis {axis} of size {shape[axis]}")

@@ -11,10 +11,9 @@ the noise is dropped (measured in tests/test_sampling_sde.py).
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
-from yume_jax.sampling.loop import denoise, evaluate
+from yume_jax.sampling.loop import denoise, evaluate, normal
 
 LAST_STEP = ("spec", "ode")
 
@@ -27,7 +26,7 @@ def step(x, v, sigma, sigma_next, key, *, eta: float, last: str = "spec"):
     eta_drift = jnp.where(final, 0.0, eta) if last == "ode" else eta
     mean = x + dsigma * v + (-0.5 * eta_drift**2 * score) * dsigma
     std = jnp.where(final, 0.0, eta * jnp.sqrt(jnp.maximum(sigma - sigma_next, 0.0)))
-    return mean + std * jax.random.normal(key, x.shape, jnp.float32).astype(x.dtype)
+    return mean + std * normal(key, x)
 
 
 def sample(velocity, x, sigmas, *, key, eta: float = 0.3, last: str = "spec", frozen=None, pre=None,
