@@ -37,7 +37,6 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from flax import nnx  # noqa: E402
 
 from yume_jax.convert import clip as clip_names  # noqa: E402
 from yume_jax.convert import t5 as t5_names  # noqa: E402
@@ -221,9 +220,6 @@ def bench_clip(args, base, device, cuda):
         torch.cuda.reset_peak_memory_stats()
     out_t, tt = time_torch(torch_encode, args.runs, args.warmup, cuda)
     emit({**row, "impl": "torch", **tt, **torch_mem(cuda), "rel_l2_jax_vs_torch": rel_l2(out_j, out_t)})
-    del model, ie, flat
-    if cuda:
-        torch.cuda.empty_cache()
 
 
 def bench_umt5(args, base, device, cuda):
@@ -302,7 +298,9 @@ def main():
     device = "cuda" if cuda else "cpu"
     base = info(args)
     if args.only in (None, "clip"):
-        bench_clip(args, base, device, cuda)
+        bench_clip(args, base, device, cuda)  # its models are freed on return
+        if cuda:
+            torch.cuda.empty_cache()
     if args.only in (None, "umt5"):
         bench_umt5(args, base, device, cuda)
 

@@ -86,6 +86,27 @@ def test_bicubic_matches_torch():
         np.testing.assert_allclose(bicubic_matrix(a, b), ref, rtol=0, atol=2e-6)
 
 
+def test_vit_h_preset_matches_conversion_table():
+    """ViT-H/14 (abstract): 257 tokens, ~632M visual parameters; the Wan-naming table covers the model exactly."""
+    from yume_jax.convert.clip import rows
+    from yume_jax.encoders import get
+    from yume_jax.encoders.clip import VisionTransformer
+    from yume_jax.models import params as P
+
+    cfg = get("clip-vit-h-14")
+    assert cfg.num_tokens == 257 and cfg.head_dim == 80
+    flat = P.flatten(nnx.state(nnx.eval_shape(lambda: VisionTransformer(cfg, rngs=nnx.Rngs(0)))))
+    assert 6.2e8 < sum(int(np.prod(v.shape)) for v in flat.values()) < 6.4e8
+    got = {}
+    for r in rows(cfg, "wan"):
+        for j, js in zip(r.jax, r.jax_shapes):
+            k = j.replace(j.split(".")[1] + ".", "", 1) if j.startswith("blocks.") else j
+            got.setdefault(k, set()).add((cfg.num_layers, *js) if j.startswith("blocks.") else js)
+    assert set(got) == set(flat)
+    for k, shapes in got.items():
+        assert shapes == {tuple(flat[k].shape)}, k
+
+
 def test_parity_fp32(hf):
     model, root = hf
     ie = yume_jax.load_image_encoder(root / "jax")

@@ -87,6 +87,30 @@ def test_buckets_match_transformers():
                                       att._relative_position_bucket(rel).numpy())
 
 
+def test_umt5_xxl_preset_matches_conversion_table():
+    """The real-size preset (abstract, nothing allocated): 5.7B parameters, and every converted tensor name and
+    shape is the model's."""
+    from flax import nnx
+
+    from yume_jax.convert.t5 import entries
+    from yume_jax.encoders import get
+    from yume_jax.encoders.t5 import UMT5Encoder
+    from yume_jax.models import params as P
+
+    cfg = get("umt5-xxl")
+    assert (cfg.vocab_size, cfg.dim, cfg.ffn_dim, cfg.num_heads, cfg.head_dim, cfg.num_layers) == (
+        256384, 4096, 10240, 64, 64, 24)
+    flat = P.flatten(nnx.state(nnx.eval_shape(lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0)))))
+    assert 5.6e9 < sum(int(np.prod(v.shape)) for v in flat.values()) < 5.8e9
+    want = {}
+    for e in entries(cfg):
+        want.setdefault(e.jax.replace(e.jax.split(".")[1] + ".", "", 1) if e.jax.startswith("blocks.") else e.jax,
+                        []).append(e.jax_shape)
+    assert set(want) == set(flat)
+    for k, shapes in want.items():
+        assert {tuple(flat[k].shape)} == {(len(shapes), *s) if k.startswith("blocks.") else s for s in shapes}, k
+
+
 def test_parity_fp32_padded(hf):
     model, root = hf
     te = yume_jax.load_text_encoder(root / "jax", cache=None)

@@ -32,7 +32,7 @@ from typing import Callable
 import numpy as np
 
 from yume_jax.convert.core import Family, Op, Plan, identity, transpose
-from yume_jax.convert.tensors import ConversionError, TensorSource
+from yume_jax.convert.tensors import FLOAT_DTYPES, ConversionError, TensorSource
 from yume_jax.encoders.config import ACTIVATIONS, CLIPVisionConfig
 
 HF = "vision_model."
@@ -146,7 +146,7 @@ def infer_config(src: TensorSource, naming: str, options: dict) -> CLIPVisionCon
 
     if w_:
         pe, pos = shape(f"{pre}patch_embedding.weight"), shape(f"{pre}pos_embedding")[-2]
-        pat, fc1 = rf"visual\.transformer\.(\d+)\.norm1\.weight$", f"{pre}transformer.0.mlp.0.weight"
+        pat, fc1 = r"visual\.transformer\.(\d+)\.norm1\.weight$", f"{pre}transformer.0.mlp.0.weight"
         proj = s[f"{pre}head"][1] if f"{pre}head" in s else None
     else:
         pe, pos = shape(f"{pre}embeddings.patch_embedding.weight"), shape(f"{pre}embeddings.position_embedding.weight")[0]
@@ -209,8 +209,9 @@ class CLIPFamily(Family):
         extras, ignore = [], set()
         if naming == "wan":  # the text tower and logit scale of Wan's full CLIP file
             others = [k for k in keys if not k.startswith("visual.")]
-            # 0-d tensors (log_scale) are dropped: the shared safetensors writer cannot store them yet
-            ignore = {k for k in others if src.info(k).shape == ()}
+            # dropped: 0-d tensors (log_scale; the shared safetensors writer cannot store them yet) and
+            # non-float buffers (the converter reads float tensors only)
+            ignore = {k for k in others if src.info(k).shape == () or src.info(k).dtype.name not in FLOAT_DTYPES}
             extras = [k for k in others if k not in ignore]
             ops += [Op(k, (k,), src.info(k).shape) for k in extras]
         else:  # a non-persistent buffer older transformers versions saved; transformers ignores it too

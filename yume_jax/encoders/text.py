@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import uuid
 import warnings
-from functools import partial
 
 import jax
 import jax.numpy as jnp
