@@ -147,9 +147,13 @@ def torch_on_device(make, dtype, device):
     torch.set_default_dtype(TORCH_DTYPE[dtype])
     try:
         with torch.device(device):
-            return make().eval()
+            model = make().eval()
     finally:
         torch.set_default_dtype(prev)
+    kinds = {(p.dtype, p.device.type) for p in model.parameters()}
+    if kinds != {(TORCH_DTYPE[dtype], torch.device(device).type)}:
+        raise RuntimeError(f"torch model built as {kinds}, wanted {dtype} on {device}")
+    return model
 
 
 # ----------------------------------------------------------------------------------------------

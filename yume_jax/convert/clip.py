@@ -149,8 +149,10 @@ def infer_config(src: TensorSource, naming: str, options: dict) -> CLIPVisionCon
         pat, fc1 = r"visual\.transformer\.(\d+)\.norm1\.weight$", f"{pre}transformer.0.mlp.0.weight"
         proj = s[f"{pre}head"][1] if f"{pre}head" in s else None
     else:
-        pe, pos = shape(f"{pre}embeddings.patch_embedding.weight"), shape(f"{pre}embeddings.position_embedding.weight")[0]
-        pat, fc1 = rf"{re.escape(pre)}encoder\.layers\.(\d+)\.layer_norm1\.weight$", f"{pre}encoder.layers.0.mlp.fc1.weight"
+        pe = shape(f"{pre}embeddings.patch_embedding.weight")
+        pos = shape(f"{pre}embeddings.position_embedding.weight")[0]
+        pat = rf"{re.escape(pre)}encoder\.layers\.(\d+)\.layer_norm1\.weight$"
+        fc1 = f"{pre}encoder.layers.0.mlp.fc1.weight"
         proj = s["visual_projection.weight"][0] if "visual_projection.weight" in s else None
     if len(pe) != 4 or pe[1] != 3 or pe[2] != pe[3]:
         raise ConversionError(f"patch embedding has shape {list(pe)}, expected [W, 3, p, p]", file=src.path)

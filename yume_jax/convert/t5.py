@@ -6,9 +6,9 @@
 | token_embedding.embedding | token_embedding.weight | shared.weight (and encoder.embed_tokens.weight, tied) |
 | blocks.i.norm1.scale | blocks.i.norm1.weight | encoder.block.i.layer.0.layer_norm.weight |
 | blocks.i.attn.{q,k,v,o}.kernel (T) | blocks.i.attn.{q,k,v,o}.weight | ...layer.0.SelfAttention.{q,k,v,o}.weight |
-| blocks.i.pos_embedding.embedding | blocks.i.pos_embedding.embedding.weight | ...SelfAttention.relative_attention_bias.weight |
+| blocks.i.pos_embedding.embedding | blocks.i.pos_embedding.embedding.weight | ...relative_attention_bias.weight |
 | blocks.i.norm2.scale | blocks.i.norm2.weight | ...layer.1.layer_norm.weight |
-| blocks.i.ffn.{gate,fc1,fc2}.kernel (T) | blocks.i.ffn.{gate.0,fc1,fc2}.weight | ...layer.1.DenseReluDense.{wi_0,wi_1,wo}.weight |
+| blocks.i.ffn.{gate,fc1,fc2}.kernel (T) | blocks.i.ffn.{gate.0,fc1,fc2}.weight | ...DenseReluDense.{wi_0,wi_1,wo}.weight |
 | norm.scale | norm.weight | encoder.final_layer_norm.weight |
 
 (T): Linear, transposed. Heads come from the bias tables ([buckets, heads]); max distance and eps
@@ -77,7 +77,8 @@ def _same_tied(xs):
 def infer_config(src: TensorSource, naming: str, options: dict) -> UMT5Config:
     s = src.shapes()
     w = naming == "wan"
-    emb = "token_embedding.weight" if w else ("shared.weight" if "shared.weight" in s else "encoder.embed_tokens.weight")
+    emb = ("token_embedding.weight" if w else
+           "shared.weight" if "shared.weight" in s else "encoder.embed_tokens.weight")
     pat = r"blocks\.(\d+)\.norm1\.weight$" if w else r"encoder\.block\.(\d+)\.layer\.0\.layer_norm\.weight$"
     layers = sorted(int(m.group(1)) for k in s if (m := re.match(pat, k)))
     if not layers:

@@ -44,7 +44,8 @@ def relative_position_buckets(q_len: int, k_len: int, num_buckets: int, max_dist
 
 class Embedding(nnx.Module):
     def __init__(self, num: int, dim: int, *, rngs: nnx.Rngs, param_dtype=F32, std: float = 1.0):
-        self.embedding = nnx.Param((std * jax.random.normal(rngs.params(), (num, dim), F32)).astype(param_dtype))
+        w = jax.random.normal(rngs.params(), (num, dim), param_dtype)  # in param_dtype: no fp32 temporary
+        self.embedding = nnx.Param(w * jnp.asarray(std, param_dtype))
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         return jnp.take(self.embedding[...], ids, axis=0)
