@@ -148,6 +148,17 @@ def test_bf16_vs_fp32(hf):
     assert 0 < err <= 2e-2, err
 
 
+def test_float16_checkpoint_runs_in_float32(hf, tmp_path):
+    model, root = hf
+    convert(root / "hf", tmp_path / "f16", dtype="float16", progress=False)
+    ie = yume_jax.load_image_encoder(tmp_path / "f16")
+    assert ie.dtype == np.float32  # float16 widens exactly; bfloat16 would drop mantissa bits
+    pix = torch.randn(2, 3, 35, 35)
+    with torch.no_grad():
+        ref = model(pix, output_hidden_states=True).hidden_states[-2].numpy()
+    assert rel_l2(np.asarray(ie.encode_pixels(pix)), ref) <= 2e-3  # the weights' float16 rounding only
+
+
 def test_wan_naming_round_trip(hf, tmp_path):
     model, root = hf
     sd = wan_rename(model.state_dict(), HF_KW["hidden_size"])

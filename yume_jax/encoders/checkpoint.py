@@ -80,10 +80,11 @@ def identity(src: TensorSource, **extra) -> str:
 
 
 def resolve_dtype(dtype: str | None, src: TensorSource):
-    """Compute dtype: as asked, else float32 for a float32 checkpoint and bfloat16 otherwise."""
+    """Compute dtype: as asked, else bfloat16 for a bfloat16 checkpoint (Wan's umT5 file) and float32 otherwise
+    (float16 widens exactly to float32)."""
     if dtype is None:
         kinds = {src.info(k).dtype.name for k in src.keys()[:8]}
-        dtype = "float32" if kinds == {"float32"} else "bfloat16"
+        dtype = "bfloat16" if kinds == {"bfloat16"} else "float32"
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype must be float32 or bfloat16, not {dtype!r}")
     return jnp.dtype(dtype)

@@ -146,7 +146,7 @@ def load_text_encoder(path: str | os.PathLike, *, dtype: str | None = None,
                       text_len: int = TEXT_LEN, cache: PromptCache | None = DEFAULT_CACHE) -> TextEncoder:
     """Load a converted umT5 checkpoint (family ``t5``).
 
-    ``dtype``: compute and parameter dtype (default: float32 for a float32 checkpoint, else bfloat16).
+    ``dtype``: compute and parameter dtype (default: bfloat16 for a bfloat16 checkpoint, else float32).
     ``tokenizer``: override the checkpoint's choice (``umt5`` | ``byt5`` | ``none``). The umT5 tokenizer is
     read from ``tokenizer_dir``, else from ``<path>/tokenizer`` when that exists. ``cache=None`` disables
     the prompt cache."""
