@@ -245,6 +245,20 @@ def test_euler_and_tts_are_deterministic_bit_exact():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.parametrize("name", S.NAMES)
+def test_bfloat16_noise_is_integrated_in_float32(name):
+    # Stated tolerance: the bfloat16 result is the float32 result rounded once to bfloat16 (<= 1 ulp,
+    # 2^-8 relative), i.e. no per-step rounding of the state.
+    cfg = S.SamplerConfig(name=name, steps=20)
+    x1 = _noise(256).astype(jnp.bfloat16)
+    a = np.asarray(_run(cfg, x1.astype(jnp.float32), jax.random.key(1)))
+    b = _run(cfg, x1, jax.random.key(1))
+    assert b.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(b, np.float32), a, rtol=2.0**-8, atol=1e-6)
+    with pytest.raises(ValueError, match="floating point"):
+        _run(cfg, jnp.zeros((2, D), jnp.int32), jax.random.key(1))
+
+
 def test_on_step_reports_every_step():
     ticks = []
     cfg = S.SamplerConfig(name="tts", steps=7)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import jax
+import jax.numpy as jnp
 
 from yume_jax.sampling import aam, cfg, euler, sde, tts
 from yume_jax.sampling.frozen import Frozen
@@ -129,10 +130,16 @@ def sample(config: SamplerConfig, velocity, noise, *, key=None, frozen: Optional
 
     Pure and traceable: call it inside a jit. ``key`` drives the SDE noise (needed for sde / tts-sde);
     ``frozen`` keeps a region (the history) out of the integration (frozen.py); ``on_step(i)`` is called on
-    the host once per step (twice per step index with AAM, once per pass).
+    the host once per step (twice per step index with AAM, once per pass). The latents are integrated in
+    float32 (at least) whatever the noise dtype, and returned in the noise dtype: a bfloat16 state would
+    round every step (measured on the Gaussian field, 50 Euler steps: RMS 0.027, max 0.24 off float32).
     """
     if config.stochastic and key is None:
         raise ValueError(f"sampler {config.name!r} is stochastic and needs a PRNG key")
+    if not jnp.issubdtype(noise.dtype, jnp.floating):
+        raise ValueError(f"noise must be floating point, got {noise.dtype}")
+    out_dtype = noise.dtype
+    noise = noise.astype(jnp.promote_types(noise.dtype, jnp.float32))
     sigmas = config.sigmas
     kw = dict(key=key, frozen=frozen, on_step=on_step)
     if config.name == "euler":
@@ -148,10 +155,11 @@ def sample(config: SamplerConfig, velocity, noise, *, key=None, frozen: Optional
             run = functools.partial(tts.sample_sde, velocity, sigmas=sigmas, eta=config.eta,
                                     last=config.sde_last, **extra)
     if config.aam is None:
-        return run(noise)
+        return run(noise).astype(out_dtype)
     a = config.aam
     project = aam.projector(a.projector, cutoff=a.cutoff, factor=a.factor, axes=a.axes)
-    return aam.sample(lambda x, pre=None: run(x, pre=pre), noise, sigmas, steps=a.steps, project=project)
+    out = aam.sample(lambda x, pre=None: run(x, pre=pre), noise, sigmas, steps=a.steps, project=project)
+    return out.astype(out_dtype)
 
 
 class Sampler:
@@ -180,7 +188,7 @@ class Sampler:
         return sample(c, velocity, noise, key=key, frozen=frozen, on_step=self.on_step)
 
     def _plain(self, params, cond, x, sigma):
-        return self.model(params, x, cfg._batched_sigma(sigma, x.shape[0]), cond)
+        return self.model(params, x, cfg.batched_sigma(sigma, x.shape[0]), cond)
 
     def __call__(self, params, noise, cond, uncond=None, *, key=None, frozen: Optional[Frozen] = None):
         if self.config.cfg_scale != 1.0 and uncond is None:

@@ -22,7 +22,8 @@ def _check_ctx(cond, uncond):
                              "(pad the negative prompt to the same length)")
 
 
-def _batched_sigma(sigma, b):
+def batched_sigma(sigma, b):
+    """A scalar sigma as is; a per-position sigma broadcast to batch size ``b`` on its leading axis."""
     sigma = jnp.asarray(sigma)
     return sigma if sigma.ndim == 0 else jnp.broadcast_to(sigma, (b,) + sigma.shape[1:])
 
@@ -33,7 +34,7 @@ def guided(model, params, cond, uncond, scale: float):
 
     def velocity(x, sigma):
         b = x.shape[0]
-        s = _batched_sigma(sigma, b)
+        s = batched_sigma(sigma, b)
         s2 = s if s.ndim == 0 else jnp.concatenate([s, s])
         ctx = jax.tree.map(lambda c, u: jnp.concatenate([c, u]), cond, uncond)
         out = model(params, jnp.concatenate([x, x]), s2, ctx)
@@ -59,7 +60,7 @@ def guided_split(model, params, cond, uncond, scale: float, mesh, axis: str = "c
         return jax.lax.psum(w2[0] * v, axis)
 
     def velocity(x, sigma):
-        s = _batched_sigma(sigma, x.shape[0]).astype(jnp.float32)
+        s = batched_sigma(sigma, x.shape[0]).astype(jnp.float32)
         s2, s_spec = (s, P()) if s.ndim == 0 else (jnp.stack([s, s]), P(axis))
         ctx2 = jax.tree.map(lambda c, u: jnp.stack([c, u]), cond, uncond)
         w2 = jnp.array([scale, 1.0 - scale], x.dtype)
