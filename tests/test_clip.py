@@ -167,8 +167,7 @@ def test_wan_naming_round_trip(hf, tmp_path):
     assert convert_main([str(src), str(tmp_path / "jax"), "--num-heads", "5", "--no-progress"]) == 0
     meta = json.loads((tmp_path / "jax" / "yume_jax.json").read_text())
     assert meta["family"] == "clip" and meta["source_naming"] == "wan"
-    # the 0-d log_scale is dropped (the shared safetensors writer cannot write 0-d tensors yet)
-    assert sorted(meta["extras"]) == ["textual.blocks.0.attn.q.weight", "textual.token_embedding.weight"]
+    assert sorted(meta["extras"]) == ["log_scale", "textual.blocks.0.attn.q.weight", "textual.token_embedding.weight"]
     assert meta["config"]["activation"] == "gelu"  # Wan's file has no config: ViT-H's exact GELU
     # same tensors as the transformers-named conversion (text tower aside)
     a = load_safetensors(root / "jax" / "params.safetensors")
@@ -185,10 +184,8 @@ def test_wan_naming_round_trip(hf, tmp_path):
     # back to Wan, text tower included: bit-exact
     convert(tmp_path / "jax", tmp_path / "wan_back", to="torch", progress=False)
     back = load_safetensors(tmp_path / "wan_back" / "model.safetensors")
-    assert back.keys() == sd.keys() - {"log_scale"}
+    assert back.keys() == sd.keys()
     for k, v in sd.items():
-        if k == "log_scale":
-            continue
         assert bits(back[k]) == bits(v.numpy()), k
     # Wan -> ours -> transformers: loadable, the text tower left out
     convert(tmp_path / "jax", tmp_path / "hf_from_wan", to="torch", naming="transformers", progress=False)

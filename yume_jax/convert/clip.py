@@ -18,8 +18,7 @@
 Linear weights are transposed, norms map weight -> scale. transformers checkpoints come with or
 without the ``vision_model.`` prefix (transformers 5 saves CLIPVisionModel without it); exports
 write it. Wan's file also holds the XLM-RoBERTa text tower (``textual.*``) and ``log_scale``: they
-are carried as ``extras`` (not loaded) so that Wan -> yume_jax -> Wan is bit-exact, except the 0-d
-``log_scale``, dropped because the shared safetensors writer cannot write 0-d tensors yet. Heads cannot be
+are carried as ``extras`` (not loaded) so that Wan -> yume_jax -> Wan is bit-exact. Heads cannot be
 read from shapes: config.json, else ``--num-heads``, else open-clip's rule (width/64 up to width 1024,
 16 above: ViT-H/14 has 16).
 """
@@ -211,9 +210,8 @@ class CLIPFamily(Family):
         extras, ignore = [], set()
         if naming == "wan":  # the text tower and logit scale of Wan's full CLIP file
             others = [k for k in keys if not k.startswith("visual.")]
-            # dropped: 0-d tensors (log_scale; the shared safetensors writer cannot store them yet) and
-            # non-float buffers (the converter reads float tensors only)
-            ignore = {k for k in others if src.info(k).shape == () or src.info(k).dtype.name not in FLOAT_DTYPES}
+            # dropped: non-float buffers (the converter reads float tensors only)
+            ignore = {k for k in others if src.info(k).dtype.name not in FLOAT_DTYPES}
             extras = [k for k in others if k not in ignore]
             ops += [Op(k, (k,), src.info(k).shape) for k in extras]
         else:  # a non-persistent buffer older transformers versions saved; transformers ignores it too

@@ -213,3 +213,39 @@ def convert(src_path: str | os.PathLike, dst_path: str | os.PathLike, *, to: str
         plan = fam.plan_to_torch(src, naming, options)
         return execute(src, plan, Path(dst_path), None, dtype=dtype, force=force, progress=progress)
     raise ConversionError(f"--to must be jax or torch, not {to!r}")
+
+
+def write_checkpoint(path: str | os.PathLike, family: str, config: dict, tensors: dict[str, np.ndarray],
+                     *, source_naming: str | None = None, extras: Sequence[str] = ()) -> Path:
+    """Write flat JAX-named arrays as one of our checkpoints (``yume_jax.json`` + ``params.safetensors``),
+    atomically (temporary directory renamed into place)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + f".partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        w = SafetensorsWriter(tmp / JAX_PARAMS, [(k, np.asarray(v).dtype, np.asarray(v).shape) for k, v in tensors.items()])
+        for k, v in tensors.items():
+            w.write(k, np.asarray(v))
+        w.close()
+        meta = {"format": FORMAT_VERSION, "family": family, "config": config, "source_naming": source_naming,
+                "extras": list(extras)}
+        (tmp / JAX_META).write_text(json.dumps(meta, indent=1, sort_keys=True))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def save_module(path: str | os.PathLike, family: str, config: dict, module) -> Path:
+    """Save an NNX module (stacked ``blocks.`` layers written per layer) as one of our checkpoints."""
+    import jax
+    from flax import nnx
+
+    from yume_jax.models import params as P
+
+    flat = {k: np.asarray(jax.device_get(v)) for k, v in P.flatten(nnx.state(module)).items()}
+    return write_checkpoint(path, family, config, P.to_checkpoint(flat))

@@ -191,7 +191,7 @@ class SafetensorsWriter:
         if self._next >= len(self._order) or self._order[self._next] != key:
             raise ValueError(f"tensors must be written in declared order; got {key}")
         e = self._entries[key]
-        array = np.ascontiguousarray(array)
+        array = np.ascontiguousarray(array).reshape(np.shape(array))  # keeps 0-d tensors 0-d
         if list(array.shape) != e["shape"] or NP_TO_ST.get(array.dtype) != e["dtype"]:
             raise ValueError(f"{key}: declared {e['shape']} {e['dtype']}, got {array.shape} {array.dtype}")
         self._f.write(memoryview(array.reshape(-1).view(np.uint8)))

@@ -9,7 +9,6 @@ encoder_hidden_states_image).sample``. The forward is compiled once per input sh
 """
 from __future__ import annotations
 
-import json
 import os
 from functools import partial
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from yume_jax import sharding
-from yume_jax.convert.tensors import JAX_META, JAX_PARAMS, ConversionError, SafetensorsWriter, open_source
+from yume_jax.convert.tensors import JAX_META, ConversionError, open_source
 from yume_jax.models import params as P
 from yume_jax.models.config import DiTConfig, Runtime
 
@@ -156,17 +155,8 @@ def load_dit(path: str | os.PathLike, dtype: str = "float32", *, param_dtype: st
     return DiT(model, Runtime(dtype=dtype, attention=attention, remat=remat), mesh=mesh)
 
 
-def save_dit(model: nnx.Module, path: str | os.PathLike, *, source_naming: str = "wan") -> Path:
+def save_dit(model: nnx.Module, path: str | os.PathLike) -> Path:
     """Write a model as a yume_jax checkpoint directory (params in their current dtype)."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    flat = {k: np.asarray(jax.device_get(v)) for k, v in P.flatten(nnx.state(model)).items()}
-    ckpt = P.to_checkpoint(flat)
-    w = SafetensorsWriter(path / JAX_PARAMS, [(k, v.dtype, v.shape) for k, v in ckpt.items()])
-    for k, v in ckpt.items():
-        w.write(k, v)
-    w.close()
-    meta = {"format": 1, "family": "dit", "config": model.cfg.to_dict(), "source_naming": source_naming,
-            "extras": []}
-    (path / JAX_META).write_text(json.dumps(meta, indent=1, sort_keys=True))
-    return path
+    from yume_jax.convert.core import save_module
+
+    return save_module(path, "dit", model.cfg.to_dict(), model)

@@ -270,6 +270,35 @@ class WanDiT(nnx.Module):
                 x, _ = body(x, jax.tree.map(lambda p: p[i], state))
         return x
 
+    def _scan_cached(self, x, cond, rope, rt, residuals, slots, refresh):
+        """Blocks with residual caching (spec/yume.md "Distillation and caching").
+
+        ``slots`` (num_layers,) int32: the cache slot of each layer, -1 for layers always computed.
+        On refresh steps every layer runs and cached layers store ``output - input`` in their slot of
+        ``residuals`` (num_slots, B, L, D); on other steps cached layers are skipped and add their
+        stored residual. Returns (x, residuals)."""
+        graphdef, state = nnx.split(self.blocks)
+        cos, sin = rope
+
+        def body(carry, xs):
+            h, res = carry
+            layer_state, slot = xs
+            idx = jnp.maximum(slot, 0)
+
+            def skip(h, res):
+                return h + res[idx].astype(F32), res
+
+            def run(h, res):
+                out = nnx.merge(graphdef, layer_state)(h, cond.e0, cond.ctx, cond.ctx_img, cos, sin, rt)
+                stored = jax.lax.dynamic_update_index_in_dim(res, (out - h).astype(res.dtype), idx, 0)
+                return out, jnp.where(slot >= 0, stored, res)
+
+            return jax.lax.cond((slot >= 0) & jnp.logical_not(refresh), skip, run, h, res), None
+
+        x = sharding.constrain(x.astype(F32), ("batch", "seq", "act_embed"))
+        (x, residuals), _ = jax.lax.scan(body, (x, residuals), (state, jnp.asarray(slots, jnp.int32)))
+        return x, residuals
+
     def unpatchify(self, y: jax.Array, grid: tuple[int, int, int]) -> jax.Array:
         """(B, F'*H'*W', pt*ph*pw*C) -> (B, C, F, H, W)."""
         b = y.shape[0]

@@ -99,6 +99,25 @@ class YumeDiT(WanDiT):
         x = self.run_blocks(x, cond, pos, rt)
         return self._head_out(x, cond, grid, n_chunk)
 
+    def forward_cached(self, hidden_states, timestep, text_context, image_context=None, *, residuals: jax.Array,
+                       slots, refresh, chunk: int | None = None, history_timestep: float | None = None,
+                       runtime: Runtime = Runtime()):
+        """The forward with block residual caching (see :meth:`WanDiT._scan_cached`); returns (v, residuals).
+        ``residuals``: (num_slots, B, tokens, dim), e.g. from :meth:`cache_shape`."""
+        rt = runtime
+        x, pos, grid, n_chunk = self.embed(hidden_states, chunk, rt)
+        t = self.token_timesteps(timestep, history_timestep, x.shape[1], n_chunk)
+        cond = self.condition(t, text_context, image_context, rt)
+        rope = rope_lib.rope_tables(pos, self.cfg.head_dim, self.cfg.rope_theta)
+        x, residuals = self._scan_cached(x, cond, rope, rt, residuals, slots, refresh)
+        return self._head_out(x, cond, grid, n_chunk), residuals
+
+    def num_tokens(self, frames: int, height: int, width: int, chunk: int | None) -> int:
+        if chunk is None or chunk == frames:
+            pt, ph, pw = self.cfg.patch_size
+            return (frames // pt) * (height // ph) * (width // pw)
+        return sum(self.token_layout(frames, height, width, chunk).values())
+
     def forward_masked(self, hidden_states, timestep, text_context, image_context=None, *, key: jax.Array,
                        keep: int, chunk: int | None = None, history_timestep: float | None = None,
                        runtime: Runtime = Runtime()):

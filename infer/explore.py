@@ -1,0 +1,244 @@
+"""``python -m infer.explore``: explore a generated world with the keyboard.
+
+Scripted:     python -m infer.explore --image start.png --actions "W,W+A,→,S+D+↑" --out walk.mp4
+Interactive:  python -m infer.explore --image start.png          (type W, A+→, up, ... then Enter; q quits)
+
+Keys: W/A/S/D move (combine with +, e.g. W+A), arrows (or left/right/up/down, j/l/i/k) turn and
+tilt; arrow keys typed in the terminal work too. Each command generates the next chunk; the MP4
+grows after every chunk and a JSON sidecar (``OUT.json``) records per-chunk actions, prompts, seeds
+and timings, enough to reproduce the run. Exit codes: 0 ok, 2 bad input (invalid action, missing or
+unreadable image/video, bad checkpoint), 130 interrupted (the video of finished chunks is kept).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_MODEL_DIR = Path(os.environ.get("YUME_JAX_CACHE", Path.home() / ".cache" / "yume-jax")) / "tiny-random-v1"
+ARROWS = {"\x1b[A": "↑", "\x1b[B": "↓", "\x1b[C": "→", "\x1b[D": "←", "\x1bOA": "↑", "\x1bOB": "↓",
+          "\x1bOC": "→", "\x1bOD": "←"}
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit code 2."""
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="python -m infer.explore", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", help="pipeline directory (dit/, vae/, text_encoder/, [image_encoder/]); "
+                                         "default: the embedded default model")
+    ap.add_argument("--image", help="start image (image-to-video)")
+    ap.add_argument("--video", help="start video (video-to-video: the video is the history)")
+    ap.add_argument("--prompt", default="", help="scene caption appended to the action prompts")
+    ap.add_argument("--actions", help='comma-separated steps, e.g. "W,W+A,→"; omit for interactive mode')
+    ap.add_argument("--steps", type=int, default=None, help="sampling steps per chunk")
+    ap.add_argument("--sampler", choices=["euler", "sde", "tts", "tts-sde"], default="euler")
+    ap.add_argument("--aam", action="store_true", help="anti-artifact mechanism (two passes)")
+    ap.add_argument("--cache", type=int, default=0, metavar="N",
+                    help="block residual caching: refresh every N steps (0: off)")
+    ap.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = off)")
+    ap.add_argument("--history-mode", choices=["renoise", "clean"], default="renoise")
+    ap.add_argument("--chunk-frames", type=int, default=None, help="new latent frames per chunk")
+    ap.add_argument("--height", type=int, default=None)
+    ap.add_argument("--width", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="explore.mp4")
+    return ap.parse_args(argv)
+
+
+def read_image(path: str) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"image not found: {path}")
+    try:
+        from PIL import Image
+
+        with Image.open(p) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception as e:  # PIL raises several types for corrupt files
+        raise UsageError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+
+
+def read_video(path: str) -> np.ndarray:
+    from yume_jax.data import video as vio
+
+    if not Path(path).is_file():
+        raise UsageError(f"video not found: {path}")
+    try:
+        info = vio.probe(path)
+        return vio.read_frames(path, list(range(info.frames)))
+    except Exception as e:
+        raise UsageError(f"cannot read video {path}: {e}") from None
+
+
+def default_pipeline_dir() -> Path:
+    from yume_jax.rollout import save_tiny_pipeline
+
+    print("notice: no --checkpoint given and no trained default model is embedded yet: using a TINY RANDOM "
+          f"model ({DEFAULT_MODEL_DIR}); the video shows untrained noise, not a world", file=sys.stderr)
+    if not (DEFAULT_MODEL_DIR / "pipeline.json").exists():
+        save_tiny_pipeline(DEFAULT_MODEL_DIR)
+    return DEFAULT_MODEL_DIR
+
+
+def parse_command(line: str):
+    """One interactive line -> ('quit', None) | ('action', Action); raises ValueError for bad input."""
+    from yume_jax import camera
+
+    s = line.strip()
+    for esc, arrow in ARROWS.items():
+        s = s.replace(esc, "+" + arrow + "+" if s != esc else arrow)
+    s = "+".join(p for p in s.split("+") if p)
+    if s.lower() in ("q", "quit", "exit"):
+        return "quit", None
+    return "action", camera.parse_step(s)
+
+
+def build_config(a, pipe):
+    from yume_jax.rollout import RolloutConfig
+    from yume_jax.sampling.api import AAMConfig, SamplerConfig
+
+    d = pipe.defaults
+    steps = a.steps or d.get("steps", 4)
+    cfg = a.cfg if a.cfg is not None else d.get("cfg", 5.0)
+    sampler = SamplerConfig(name=a.sampler, steps=steps, cfg_scale=cfg,
+                            aam=AAMConfig(steps=min(4, steps)) if a.aam else None)
+    return RolloutConfig(height=a.height or d.get("height", 96), width=a.width or d.get("width", 160),
+                         chunk_frames=a.chunk_frames or d.get("chunk_frames", 2), history_mode=a.history_mode,
+                         caption=a.prompt, seed=a.seed, sampler=sampler, block_cache=a.cache)
+
+
+def write_sidecar(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False))
+    os.replace(tmp, path)
+
+
+def run(a) -> int:
+    from tqdm import tqdm
+
+    from yume_jax import camera
+    from yume_jax.rollout import Session, load_pipeline
+
+    scripted = None
+    if a.actions is not None:
+        try:
+            scripted = camera.parse_keys(a.actions)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if not scripted:
+            raise UsageError("--actions is empty")
+    image = read_image(a.image) if a.image else None
+    video = read_video(a.video) if a.video else None
+    ckpt = Path(a.checkpoint) if a.checkpoint else default_pipeline_dir()
+    try:
+        pipe = load_pipeline(ckpt)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    try:
+        config = build_config(a, pipe)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    bar = {"bar": None}
+
+    def on_step(i):
+        if bar["bar"] is not None:
+            bar["bar"].update(1)
+
+    try:
+        session = Session(pipe, config, image=image, video=video, on_step=on_step)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    out = Path(a.out)
+    sidecar = out.with_suffix(out.suffix + ".json")
+    from infer.mp4 import GrowingMP4
+
+    writer = GrowingMP4(out, config.width, config.height, fps=config.fps)
+    meta = dict(command=["python", "-m", "infer.explore", *sys.argv[1:]], checkpoint=str(ckpt),
+                image=a.image, video=a.video, config=config.to_dict(), chunks=session.records,
+                initial_frames=int(len(session.initial_frames)), frames=0, finished=False)
+    interrupted = {"flag": False}
+
+    def on_sigint(signum, frame):
+        interrupted["flag"] = True
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    code = 0
+    try:
+        if len(session.initial_frames):
+            writer.write(session.initial_frames)
+        meta["frames"] = writer.frames
+        write_sidecar(sidecar, meta)
+        actions = iter(scripted) if scripted is not None else None
+        interactive = scripted is None
+        if interactive:
+            print("explore: W/A/S/D move, arrows or j/l/i/k turn and tilt, combine with + (W+→); q quits",
+                  file=sys.stderr)
+        while True:
+            if interactive:
+                print("> ", end="", file=sys.stderr, flush=True)
+                line = sys.stdin.readline()
+                if not line:
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    kind, action = parse_command(line)
+                except ValueError as e:
+                    print(f"error: {e}", file=sys.stderr)
+                    continue
+                if kind == "quit":
+                    break
+            else:
+                action = next(actions, None)
+                if action is None:
+                    break
+            total = config.sampler.steps * (2 if config.sampler.aam is not None else 1)
+            bar["bar"] = tqdm(total=total, desc=f"chunk {len(session.records)} [{action}]", unit="step",
+                              leave=False, file=sys.stderr)
+            t0 = time.perf_counter()
+            frames, rec = session.step(action)
+            bar["bar"].close()
+            bar["bar"] = None
+            writer.write(frames)
+            rec["wall_s"] = round(time.perf_counter() - t0, 3)
+            meta["frames"] = writer.frames
+            write_sidecar(sidecar, meta)
+            print(f"chunk {rec['chunk']}: {rec['action']} -> {rec['video_frames']} frames "
+                  f"(sample {rec['timings_s']['sample']:.2f}s, decode {rec['timings_s']['decode']:.2f}s); "
+                  f"{out} has {writer.frames} frames", file=sys.stderr)
+        meta["finished"] = True
+    except KeyboardInterrupt:
+        code = 130
+        print(f"\ninterrupted: keeping the {len(session.records)} finished chunks in {out}", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if bar["bar"] is not None:
+            bar["bar"].close()
+        writer.close()
+        meta["frames"] = writer.frames
+        write_sidecar(sidecar, meta)
+    print(f"wrote {out} ({writer.frames} frames) and {sidecar}")
+    return code
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    try:
+        return run(a)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
