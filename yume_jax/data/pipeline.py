@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 import grain
 import numpy as np
 
-from yume_jax.camera import Action, prompt, quantize, speed
+from yume_jax.camera import ALL_ACTIONS, Action, Speed, prompt, quantize, speed
 from yume_jax.data import sekai
 from yume_jax.data import video as vio
 
@@ -124,7 +124,8 @@ class RawSample:
             hist = max((b for b in c.history_buckets if b <= hist), default=0)
         return dict(start=start, history=hist, i2v=bool(u[2] < c.i2v_prob), with_speed=bool(u[3] < c.speed_prob))
 
-    def __call__(self, index, rng: np.random.Generator) -> dict:
+    def make(self, index, rng: np.random.Generator) -> dict:
+        """Decoded video and metadata of one sample (no prompt), or a skip marker."""
         index = int(index)
         info = self.clips[index]
         ch = self.choose(info, rng)
@@ -149,28 +150,42 @@ class RawSample:
             h = c.i2v_history
             frames = np.concatenate([np.repeat(frames[:1], h, axis=0), frames])
         action = info.action if info.action is not None else _majority(quantize(c2w))
-        sp = speed(c2w, fps=c.speed_fps) if ch["with_speed"] else None
-        text = prompt(action, c.prompt_style, speed=sp, caption=info.caption if c.prompt_style == "yume1.5" else None)
+        sp = speed(c2w, fps=c.speed_fps)
         # C-contiguous, so mp_prefetch hands it over in shared memory instead of pickling it through a pipe
         video = np.ascontiguousarray(frames.transpose(3, 0, 1, 2), dtype=np.float32)
         video *= np.float32(1 / 127.5)
         video -= np.float32(1.0)
-        return {"video": video, "num_history": np.int32(h), "prompt": text, "i2v": np.bool_(ch["i2v"]),
+        return {"video": video, "num_history": np.int32(h), "i2v": np.bool_(ch["i2v"]),
                 "with_speed": np.bool_(ch["with_speed"]), "action": np.int32(action.index), "clip": np.int32(index),
-                "start": np.int32(s)}
+                "start": np.int32(s), "speed": np.array([sp.distance, sp.turn, sp.rotation], np.float64)}
+
+    def prompts(self, sample: dict) -> tuple[str, str]:
+        """The sample's prompt without and with the speed sentence."""
+        c, info = self.cfg, self.clips[int(sample["clip"])]
+        action = ALL_ACTIONS[int(sample["action"])]
+        caption = info.caption if c.prompt_style == "yume1.5" else None
+        sp = Speed(*(float(v) for v in sample["speed"]))
+        return prompt(action, c.prompt_style, caption=caption), prompt(action, c.prompt_style, sp, caption)
+
+    def __call__(self, index, rng: np.random.Generator) -> dict:
+        out = self.make(index, rng)
+        if SKIP not in out:
+            plain, with_speed = self.prompts(out)
+            out["prompt"] = with_speed if out["with_speed"] else plain
+        return out
 
 
-def collate(items: list[dict]) -> dict:
-    """Stack samples; videos of different history lengths share the batch's shortest history (oldest
-    frames dropped) so every video keeps 4n+1 frames and the chunk at its end. Yume trains with one
+def collate(items: list[dict], video_key: str = "video", history_key: str = "num_history") -> dict:
+    """Stack samples; videos (or latents) of different history lengths share the batch's shortest history
+    (oldest frames dropped from axis 1) so every one keeps its chunk at the end. Yume trains with one
     sample per device; with larger batches use ``history_buckets`` to keep more history."""
     out = {}
-    if "video" in items[0]:
-        h = min(int(x["num_history"]) for x in items)
-        out["video"] = np.stack([x["video"][:, int(x["num_history"]) - h:] for x in items])
-        out["num_history"] = np.full(len(items), h, np.int32)
+    if video_key in items[0]:
+        h = min(int(x[history_key]) for x in items)
+        out[video_key] = np.stack([x[video_key][:, int(x[history_key]) - h:] for x in items])
+        out[history_key] = np.full(len(items), h, np.int32)
     for k, v in items[0].items():
-        if k in out or k == "video":
+        if k in out:
             continue
         if isinstance(v, str):
             out[k] = np.array([x[k] for x in items], dtype=object)

@@ -1,0 +1,90 @@
+"""Encode Sekai/Yume-layout clips into the latent dataset (ArrayRecord via TFDS) that large training runs read.
+
+    python -m train.build_latents --data DIR --vae VAE_CKPT --text-encoder T5_CKPT --out OUT \\
+        [--layout sekai|yume] [--preset yume|sandbox|tiny] [--samples-per-clip K] [--seed S] [--dtype bfloat16]
+
+Runs the raw-clip sampling of :mod:`yume_jax.data.pipeline` (chunk + history, I2V with p = 0.4), encodes each
+video with ``yume_jax.load_vae(VAE_CKPT).encode`` and both prompts (without / with the speed sentence) with
+``yume_jax.load_text_encoder(T5_CKPT).encode``, and writes ``OUT/<name>/1.0.0/``. Interrupted? Run the same
+command again: finished samples are kept in ``OUT/_work`` and not encoded twice. Read the result with
+``yume_jax.data.latents.latent_dataset(OUT/<name>/1.0.0)``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _encoders(args):
+    import yume_jax
+
+    vae = yume_jax.load_vae(args.vae, dtype=args.vae_dtype)
+    te = yume_jax.load_text_encoder(args.text_encoder, tokenizer_dir=args.tokenizer_dir, tokenizer=args.tokenizer)
+
+    def video(x):
+        return np.asarray(vae.encode(x))
+
+    def text(texts):
+        return np.asarray(te.encode(list(texts)), np.float32)
+
+    return video, text
+
+
+def main(argv=None) -> int:
+    from yume_jax.data import latents, pipeline, sekai
+
+    ap = argparse.ArgumentParser(prog="python -m train.build_latents", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, type=Path, help="Sekai-layout or Yume-layout root")
+    ap.add_argument("--layout", choices=["sekai", "yume"], help="default: detected")
+    ap.add_argument("--vae", required=True, help="VAE checkpoint (converted, Wan .pth or diffusers directory)")
+    ap.add_argument("--vae-dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    ap.add_argument("--text-encoder", required=True, help="converted umT5 checkpoint")
+    ap.add_argument("--tokenizer-dir", help="umT5 tokenizer directory (default: <text-encoder>/tokenizer)")
+    ap.add_argument("--tokenizer", choices=["umt5", "byt5", "none"], help="override the checkpoint's tokenizer")
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--name", default="yume_latents")
+    ap.add_argument("--preset", choices=sorted(pipeline.RAW_PRESETS), default="yume")
+    ap.add_argument("--height", type=int)
+    ap.add_argument("--width", type=int)
+    ap.add_argument("--chunk-frames", type=int)
+    ap.add_argument("--prompt-style", choices=["yume1", "yume1.5"])
+    ap.add_argument("--samples-per-clip", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", choices=list(latents.DTYPES), default="float32", help="storage dtype")
+    ap.add_argument("--keep-cache", action="store_true", help="keep OUT/_work after writing the dataset")
+    ap.add_argument("--max-samples", type=int, help="stop after encoding this many samples (resumable)")
+    args = ap.parse_args(argv)
+
+    cfg = pipeline.RAW_PRESETS[args.preset]
+    over = {k: v for k, v in (("height", args.height), ("width", args.width), ("chunk_frames", args.chunk_frames),
+                              ("prompt_style", args.prompt_style)) if v is not None}
+    try:
+        cfg = cfg.replace(**over)
+        data = sekai.read(args.data, args.layout)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(data.report(), file=sys.stderr)
+    video, text = _encoders(args)
+    ident = json.dumps({"vae": str(Path(args.vae).resolve()), "vae_dtype": args.vae_dtype,
+                        "text_encoder": str(Path(args.text_encoder).resolve()), "tokenizer": args.tokenizer})
+    try:
+        rep = latents.encode_dataset(data, args.out, video, text, cfg, samples_per_clip=args.samples_per_clip,
+                                     seed=args.seed, dtype=args.dtype, name=args.name, encoders=ident,
+                                     keep_cache=args.keep_cache, max_samples=args.max_samples)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if rep.examples == 0:
+        print(f"stopped after {rep.encoded} samples; {rep.problems[0]}; run again to continue", file=sys.stderr)
+        return 0
+    print(f"wrote {rep.examples} examples to {rep.path} (encoded {rep.encoded} in this run; skipped {rep.skipped})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
