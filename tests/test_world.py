@@ -196,3 +196,11 @@ def test_intrinsics_and_presets():
     assert np.isclose(2 * math.degrees(math.atan(80 / K[0, 0])), 75.0)
     assert world.PRESETS["default"].fps == 16
     assert world.script_from_keys("W+→*3, S") == [world.Step(Action("W", "→"), 1)] * 3 + [world.Step(Action("S"), 1)]
+
+
+def test_strip_png(tmp_path):
+    from PIL import Image
+    p = world.strip(tmp_path / "s.png", seeds=(1, 2), num_frames=17, every=8, cfg=TINY)
+    im = np.asarray(Image.open(p))
+    assert im.shape == (2 * TINY.height + 2, 3 * TINY.width + 4, 3)
+    assert np.array_equal(im[:TINY.height, :TINY.width], world.make_clip(1, 17, TINY).frames[0])

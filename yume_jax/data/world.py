@@ -764,9 +764,27 @@ def write_dataset(out, clips: int, seed: int, layout: str = "sekai", cfg: WorldC
     return out
 
 
+def strip(path, seeds=(3, 1), num_frames: int = 97, every: int = 16, cfg: WorldConfig = WorldConfig()) -> Path:
+    """A PNG of frames ``0, every, 2 every, ...`` of one clip per seed (one row each), 2 px gaps."""
+    from PIL import Image
+    rows = []
+    for seed in seeds:
+        clip = make_clip(seed, num_frames, cfg)
+        tiles = [clip.frames[i] for i in range(0, num_frames, every)]
+        gap = np.full((cfg.height, 2, 3), 255, np.uint8)
+        rows.append(np.concatenate([x for t in tiles for x in (t, gap)][:-1], 1))
+    hgap = np.full((2, rows[0].shape[1], 3), 255, np.uint8)
+    img = np.concatenate([x for r in rows for x in (r, hgap)][:-1], 0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path, optimize=True)
+    return path
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m yume_jax.data.world", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--out", type=Path, help="dataset directory to write")
+    ap.add_argument("--strip", type=Path, help="instead: write a PNG strip of frames of 2 clips (seed, seed+1)")
     ap.add_argument("--clips", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--layout", choices=["sekai", "yume"], default="sekai")
@@ -783,6 +801,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     cfg = PRESETS[args.preset]
     cfg = cfg.replace(height=args.height or cfg.height, width=args.width or cfg.width)
+    if args.strip is not None:
+        print(f"wrote {strip(args.strip, (args.seed, args.seed + 1), cfg=cfg)}")
+        return
+    if args.out is None:
+        ap.error("--out is required (or --strip)")
     script = None
     if args.script == "coverage":
         script = coverage_script()
