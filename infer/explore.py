@@ -165,11 +165,17 @@ def run(a) -> int:
     meta = dict(command=["python", "-m", "infer.explore", *sys.argv[1:]], checkpoint=str(ckpt),
                 image=a.image, video=a.video, config=config.to_dict(), chunks=session.records,
                 initial_frames=int(len(session.initial_frames)), frames=0, finished=False)
-    interrupted = {"flag": False}
+    interrupted = {"flag": False, "busy": False}
 
     def on_sigint(signum, frame):
+        # never raise inside a running XLA computation: finish the chunk in flight, then stop;
+        # a second Ctrl-C stops at once (the fragmented MP4 on disk stays playable)
         interrupted["flag"] = True
-        raise KeyboardInterrupt
+        if not interrupted["busy"]:  # waiting at the prompt: nothing is running, stop now
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        print("\ninterrupt: finishing the current chunk, then stopping (Ctrl-C again to stop now)",
+              file=sys.stderr)
 
     old = signal.signal(signal.SIGINT, on_sigint)
     code = 0
@@ -183,11 +189,14 @@ def run(a) -> int:
         if interactive:
             print("explore: W/A/S/D move, arrows or j/l/i/k turn and tilt, combine with + (W+→); q quits",
                   file=sys.stderr)
-        while True:
+        while not interrupted["flag"]:
             if interactive:
                 print("> ", end="", file=sys.stderr, flush=True)
-                line = sys.stdin.readline()
-                if not line:
+                try:
+                    line = sys.stdin.readline()
+                except KeyboardInterrupt:
+                    break
+                if interrupted["flag"] or not line:
                     break
                 if not line.strip():
                     continue
@@ -206,20 +215,23 @@ def run(a) -> int:
             bar["bar"] = tqdm(total=total, desc=f"chunk {len(session.records)} [{action}]", unit="step",
                               leave=False, file=sys.stderr)
             t0 = time.perf_counter()
+            interrupted["busy"] = True
             frames, rec = session.step(action)
             bar["bar"].close()
             bar["bar"] = None
             writer.write(frames)
+            interrupted["busy"] = False
             rec["wall_s"] = round(time.perf_counter() - t0, 3)
             meta["frames"] = writer.frames
             write_sidecar(sidecar, meta)
             print(f"chunk {rec['chunk']}: {rec['action']} -> {rec['video_frames']} frames "
                   f"(sample {rec['timings_s']['sample']:.2f}s, decode {rec['timings_s']['decode']:.2f}s); "
                   f"{out} has {writer.frames} frames", file=sys.stderr)
-        meta["finished"] = True
-    except KeyboardInterrupt:
-        code = 130
-        print(f"\ninterrupted: keeping the {len(session.records)} finished chunks in {out}", file=sys.stderr)
+        if interrupted["flag"]:
+            code = 130
+            print(f"interrupted: keeping the {len(session.records)} finished chunks in {out}", file=sys.stderr)
+        else:
+            meta["finished"] = True
     finally:
         signal.signal(signal.SIGINT, old)
         if bar["bar"] is not None:
