@@ -138,7 +138,8 @@ def test_reader_determinism_shards_and_prompts(built):
     n = rep.examples
     loader = pl.LoaderConfig(seed=2, batch_size=2)
     take = lambda ds, k: [b for _, b in zip(range(k), ds)]  # noqa: E731
-    a, b = take(L.latent_dataset(rep.path, loader, 0.65, 0, 1), 5), take(L.latent_dataset(rep.path, loader, 0.65, 0, 1), 5)
+    a = take(L.latent_dataset(rep.path, loader, 0.65, 0, 1), 5)
+    b = take(L.latent_dataset(rep.path, loader, 0.65, 0, 1), 5)
     for x, y in zip(a, b):
         assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
     c = take(L.latent_dataset(rep.path, loader.replace(seed=3), 0.65, 0, 1), 5)

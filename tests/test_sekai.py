@@ -193,3 +193,25 @@ def test_cli_deterministic(tmp_path, layout):
     assert _tree_hash(outs[0]) == _tree_hash(outs[1])
     ds = sekai.read(outs[0])
     assert ds.layout == layout and len(ds) >= 2 and not ds.skipped
+
+
+@pytest.mark.parametrize("codec", ["h264", "hevc"])
+def test_random_access_decoding(tmp_path, codec):
+    """Seeking (keyframe every 10 frames) returns the same frames as decoding from the start, in any order."""
+    clip = world.make_clip(4, 60, CFG)
+    p = video.write(tmp_path / "v.mp4", clip.frames, fps=16, codec=codec, keyframe_interval=10)
+    info = video.probe(p)
+    assert (info.num_frames, info.fps, info.height, info.width) == (60, 16.0, CFG.height, CFG.width)
+    every = video.read_frames(p, range(60))
+    _same_frames(every, clip.frames)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        idx = rng.integers(0, 60, size=7)
+        np.testing.assert_array_equal(video.read_frames(p, idx), every[idx])
+    np.testing.assert_array_equal(video.read_frames(p, [59, 31]), every[[59, 31]])
+    small = video.read_frames(p, [33], size=(24, 40))
+    assert small.shape == (1, 24, 40, 3)
+    with pytest.raises(video.VideoError, match="could not decode frame"):
+        video.read_frames(p, [60])
+    with pytest.raises(ValueError, match="negative"):
+        video.read_frames(p, [-1])

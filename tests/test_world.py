@@ -142,7 +142,8 @@ def test_occlusion_parallax_and_lighting():
         m = img[..., ch] > 2.5 * np.maximum(img[..., 1], img[..., 2 - ch]) + 10
         return np.nonzero(m)[1].mean()
 
-    a, b = world.render(sc, _pose([0, -1.6, 0]), cfg).astype(int), world.render(sc, _pose([0.4, -1.6, 0]), cfg).astype(int)
+    a = world.render(sc, _pose([0, -1.6, 0]), cfg).astype(int)
+    b = world.render(sc, _pose([0.4, -1.6, 0]), cfg).astype(int)
     shift_near, shift_far = centroid(a, 0) - centroid(b, 0), centroid(a, 2) - centroid(b, 2)
     assert shift_near == pytest.approx(K[0, 0] * 0.4 / 3, abs=1.0)
     assert shift_far == pytest.approx(K[0, 0] * 0.4 / 12, abs=1.0)

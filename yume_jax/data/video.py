@@ -101,9 +101,11 @@ def read_frames(path, indices: Sequence[int], size: tuple[int, int] | None = Non
     return np.stack([got[int(i)] for i in idx])
 
 
-def write(path, frames: np.ndarray, fps: float = 16, codec: str = "h264", crf: int = 18) -> Path:
+def write(path, frames: np.ndarray, fps: float = 16, codec: str = "h264", crf: int = 18,
+          keyframe_interval: int | None = None) -> Path:
     """Write uint8 RGB frames (T, H, W, 3) as an MP4 (yuv420p; even H and W), deterministically
-    (single-threaded encoder). ``codec``: "h264" (libx264) or "hevc" (libx265, tagged hvc1 like Sekai).
+    (single-threaded encoder). ``codec``: "h264" (libx264) or "hevc" (libx265, tagged hvc1 like Sekai);
+    ``keyframe_interval``: GOP length (encoder default when None).
     The file is written under a temporary name and renamed into place when complete."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -125,6 +127,8 @@ def write(path, frames: np.ndarray, fps: float = 16, codec: str = "h264", crf: i
     with av.open(str(tmp), "w", format="mp4") as c:
         s = c.add_stream(encoders[codec], rate=int(round(fps)), options=opts)
         s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        if keyframe_interval is not None:
+            s.codec_context.gop_size = int(keyframe_interval)
         if codec == "hevc":
             s.codec_tag = "hvc1"
         for f in frames:

@@ -306,7 +306,8 @@ def make_scene(rng: np.random.Generator, path_xz: np.ndarray, cfg: WorldConfig =
             if not free(x, z, r_c):
                 continue
             trunk = rng.uniform(1.8, 3.5)
-            cyls.append(((x, z), rng.uniform(0.12, 0.25), -trunk - 0.5 * r_c, np.array([0.42, 0.3, 0.2], np.float32), 4))
+            bark = np.array([0.42, 0.3, 0.2], np.float32)
+            cyls.append(((x, z), rng.uniform(0.12, 0.25), -trunk - 0.5 * r_c, bark, 4))
             spheres.append(((x, -trunk - r_c * 0.8, z), r_c,
                             _hsv(rng.uniform(0.22, 0.38), rng.uniform(0.5, 0.8), rng.uniform(0.35, 0.65)), 0))
         elif kind == "pillar":
