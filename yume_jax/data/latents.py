@@ -19,10 +19,12 @@ the ArrayRecord files are written from that cache at the end (``OUT/<name>/<vers
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -210,7 +212,8 @@ def _write_tfds(out: Path, name: str, files: list[Path], fp: dict, skipped: dict
 
     _Builder.name = name
     builder = _Builder(data_dir=str(out), file_format="array_record")
-    builder.download_and_prepare()
+    with contextlib.redirect_stdout(sys.stderr):  # TFDS prints its progress to stdout
+        builder.download_and_prepare()
     downloads = out / "downloads"  # TFDS creates an empty download tree; nothing is downloaded
     if downloads.is_dir() and not any(p.is_file() for p in downloads.rglob("*")):
         for d in sorted(downloads.rglob("*"), reverse=True):
