@@ -132,6 +132,7 @@ def test_disjoint_shards_cover_everything(yume_root):
     assert sorted(two[:half]) == sorted(two[half:]) == sorted(seen[0])
     with pytest.raises(ValueError, match="shard_index"):
         pl.raw_dataset(data, CFG, pl.LoaderConfig(), 2, 2)
+    assert pl._process_shard(None, None) == (0, 1)  # default: this JAX process of jax.process_count()
 
 
 def test_skipped_samples_are_counted(yume_root, tmp_path):
