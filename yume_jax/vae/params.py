@@ -33,9 +33,17 @@ def graphdef(cfg: VAEConfig):
 
 
 def init_params(cfg: VAEConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random parameters (benchmarks, tests); real ones come from a converted checkpoint."""
-    _, state = nnx.split(WanVAEModel(cfg, rngs=nnx.Rngs(seed)))
-    return {_name(p): np.asarray(v[...]) for p, v in nnx.to_flat_state(state)}
+    """Random parameters (benchmarks, tests; NumPy, so no per-shape eager compiles): kernels N(0, 1/fan_in),
+    biases 0, RMS gammas 1. Real ones come from a converted checkpoint."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k, shape in abstract_params(cfg).items():
+        leaf = k.rsplit(".", 1)[-1]
+        if leaf == "kernel":
+            out[k] = (rng.standard_normal(shape, np.float32) * np.prod(shape[:-1]) ** -0.5).astype(np.float32)
+        else:
+            out[k] = (np.ones if leaf == "gamma" else np.zeros)(shape, np.float32)
+    return out
 
 
 def to_state(cfg: VAEConfig, params: dict, dtype, *, file=None) -> nnx.State:
