@@ -143,6 +143,11 @@ def run(a) -> int:
         pipe = load_pipeline(ckpt)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
+    if image is None and video is None and pipe.dit.config.image_dim is not None:
+        from yume_jax.data import world
+
+        print(f"notice: no --image or --video: starting from a sandbox-world view (seed {a.seed})", file=sys.stderr)
+        image = world.make_clip(a.seed, num_frames=2).frames[0]
     try:
         config = build_config(a, pipe)
     except ValueError as e:
