@@ -1,0 +1,553 @@
+"""Typed training configurations with named presets (issue 7; facts: spec/yume.md "Training objective").
+
+    cfg = configs.train.resolve("tiny-sandbox", ["--optim.lr=3e-4", "--mesh.fsdp=2", "--model.dit.num_layers=2"])
+
+``--key=value`` overrides any field, nested with dots (``--objective.mvdt=false``). Two fields are
+open dictionaries checked against their target dataclass: ``model.dit`` (fields of
+:class:`yume_jax.models.config.DiTConfig` overriding the model preset) and ``data.raw`` (fields of
+:class:`yume_jax.data.pipeline.RawConfig` overriding the raw-clip preset). Values are parsed with
+the field's type (``none`` for optional fields, ``true/false``, ``1,2`` or ``(1, 2)`` for tuples).
+
+Errors that need no devices (unknown keys, bad values, inconsistent sections) are raised by
+:func:`resolve`; errors that need the device count (a mesh that does not divide the devices, a batch
+not divisible by the data-parallel size) by :func:`check_devices`. Both are :class:`ConfigError`
+(a ValueError) with one line naming the key, and both run before anything is compiled.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from configs import models as model_presets
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    preset: str = "tiny-yume"  # a name in configs.models.PRESETS
+    dit: dict = field(default_factory=dict)  # DiTConfig overrides, e.g. {"num_layers": 2}
+    init: str | None = None  # converted Wan/Yume checkpoint dir (python -m yume_jax.convert); None: random
+    seed: int = 0  # random init (and fresh Yume extras when starting from a Wan checkpoint)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "sandbox"  # sandbox: world clips + stand-in encoder; synthetic: random latents
+    path: str | None = None  # sandbox clips (Sekai or Yume layout); None: <workdir>/world
+    layout: str | None = None  # None: detect
+    generate: int = 0  # sandbox: render this many world videos into `path` when it holds none
+    generate_frames: int = 60  # frames per rendered world video
+    world: str = "tiny"  # yume_jax.data.world.PRESETS name for rendering (its size must fit raw height/width)
+    raw_preset: str = "tiny"  # yume_jax.data.pipeline.RAW_PRESETS name
+    raw: dict = field(default_factory=dict)  # RawConfig overrides, e.g. {"chunk_frames": 9}
+    history_latents: tuple[int, ...] = ()  # round history latent frames down to one of these (bounds compiles)
+    latent_channels: int = 16  # z of the (stand-in) VAE
+    vae_stride: tuple[int, int, int] = (4, 8, 8)
+    text_len: int = 512  # text tokens after zero padding (Wan: 512)
+    image_tokens: int = 257  # image-encoder tokens (CLIP ViT-H/14: 257)
+    synthetic_history: int = 0  # synthetic: history latent frames of every sample
+    num_workers: int = 0  # Grain multiprocessing workers
+    seed: int = 0
+    log_samples: bool = False  # write the ids of every sample each process consumed to samples.p<i>.jsonl
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    history: str = "noised"  # noised: same t as the chunk (Yume 1.0); clean: t = 0 on history tokens (Yume 1.5)
+    mvdt: bool = True  # masked pass + unmasked pass, losses summed (needs sideblock + mask_token)
+    mask_low: float = 0.3  # mask ratio r = mask_low + U(0, mask_width)
+    mask_width: float = 0.2
+    mask_buckets: int = 16  # kept-token counts are rounded to this many buckets (bounded compiles)
+    t_mean: float = 0.0  # logit-normal location / scale
+    t_std: float = 1.0
+    shift: float = 3.0  # t' = shift t / (1 + (shift - 1) t)
+    i2v: bool = True  # conditioning channels (mask + clean latents of the conditioning frames) if the model has them
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-5
+    schedule: str = "constant"  # constant | cosine | linear (after warmup)
+    warmup_steps: int = 0
+    decay_steps: int | None = None  # None: the run's total steps
+    end_lr_ratio: float = 0.0  # cosine/linear end value as a fraction of lr
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 1e-3
+    clip_norm: float = 1.0  # global-norm clipping; 0 disables
+    ema_decay: float = 0.0  # 0 disables the EMA copy of the parameters
+    grad_accum: int = 1  # micro-batches per optimizer step
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    data: int = 1
+    fsdp: int = -1
+    context: int = 1
+    tensor: int = 1
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    dtype: str = "bfloat16"  # compute dtype; parameters and optimizer state stay float32
+    attention: str = "auto"
+    remat: str = "full"
+    scan_layers: bool = True
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 1000  # steps between saves (a final save always happens)
+    max_to_keep: int = 3
+    async_save: bool = True
+
+
+@dataclass(frozen=True)
+class DistConfig:
+    """jax.distributed; all None: single process (or the cluster auto-detection of jax, if ``auto``)."""
+
+    coordinator: str | None = None  # host:port of process 0
+    num_processes: int | None = None
+    process_id: int | None = None
+    auto: bool = False  # jax.distributed.initialize() with no arguments (SLURM, TPU pods, ...)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str = "tiny-sandbox"
+    workdir: str | None = None  # None: runs/<name>
+    steps: int = 300
+    batch_size: int = 2  # global samples per optimizer step
+    seed: int = 0  # noise, timesteps, mask ratios
+    log_every: int = 10
+    tensorboard: bool = True
+    progress: bool = True
+    peak_tflops: float | None = None  # per-device peak for MFU; None: from the device kind (GPU), else no MFU
+    compile_cache: str | None = None  # persistent XLA compilation cache directory (restarts skip compiles)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+
+    # derived views ------------------------------------------------------------------------------
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.workdir if self.workdir is not None else f"runs/{self.name}")
+
+    def dit_config(self):
+        return model_presets.get(self.model.preset, **_dit_overrides(self.model.dit))
+
+    def raw_config(self):
+        from yume_jax.data.pipeline import RAW_PRESETS
+        return RAW_PRESETS[self.data.raw_preset].replace(**self.data.raw)
+
+    def runtime_obj(self):
+        from yume_jax.models.config import Runtime
+        r = self.runtime
+        return Runtime(dtype=r.dtype, attention=r.attention, remat=r.remat, scan_layers=r.scan_layers)
+
+    def to_dict(self) -> dict:
+        return _jsonable(dataclasses.asdict(self))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    def replace(self, **kw) -> "TrainConfig":
+        return dataclasses.replace(self, **kw)
+
+
+# ------------------------------------------------------------------------------------------------
+# presets
+
+def _tiny_sandbox() -> TrainConfig:
+    """tiny-yume on rendered sandbox clips (48x80 px -> 6x10 latents, chunk 9 frames -> 3 latents), CPU."""
+    return TrainConfig(
+        name="tiny-sandbox", steps=300, batch_size=2, log_every=25,
+        model=ModelConfig(preset="tiny-yume"),
+        data=DataConfig(source="sandbox", generate=4, generate_frames=60, world="tiny", raw_preset="tiny",
+                        raw={"history_buckets": (0, 4, 8)}, history_latents=(1, 2), text_len=16, image_tokens=17),
+        objective=ObjectiveConfig(mask_buckets=4),
+        optim=OptimConfig(lr=2e-3, schedule="cosine", warmup_steps=20, weight_decay=0.0, end_lr_ratio=0.1),
+        runtime=RuntimeConfig(dtype="float32", remat="none"),
+        checkpoint=CheckpointConfig(every=100))
+
+
+def _tiny_synthetic() -> TrainConfig:
+    """tiny-yume (3 layers) on random latents of one shape (2 history + 2 chunk latent frames of 8x8): tests."""
+    return TrainConfig(
+        name="tiny-synthetic", steps=8, batch_size=8, log_every=1,
+        model=ModelConfig(preset="tiny-yume", dit={"num_layers": 3}),
+        data=DataConfig(source="synthetic", raw={"chunk_frames": 5, "height": 64, "width": 64}, synthetic_history=2,
+                        text_len=8, image_tokens=5),
+        objective=ObjectiveConfig(mask_buckets=4),
+        optim=OptimConfig(lr=1e-3, warmup_steps=2, schedule="cosine", weight_decay=1e-3),
+        runtime=RuntimeConfig(dtype="float32", remat="none"),
+        checkpoint=CheckpointConfig(every=2, max_to_keep=3))
+
+
+def _tiny_t2v() -> TrainConfig:
+    """tiny-t2v (plain Wan, no history, no MVDT) on random latents."""
+    base = _tiny_synthetic()
+    return base.replace(name="tiny-t2v", model=ModelConfig(preset="tiny-t2v"),
+                        data=dataclasses.replace(base.data, synthetic_history=0),
+                        objective=ObjectiveConfig(mvdt=False))
+
+
+def _wan13b_480p() -> TrainConfig:
+    """Wan2.1 T2V 1.3B at 480x832x81 (latent 21x60x104, 32,760 tokens), bf16 compute, fp32 master, remat."""
+    return TrainConfig(
+        name="wan1.3b-480p", steps=10000, batch_size=1, log_every=10,
+        model=ModelConfig(preset="wan2.1-t2v-1.3b"),
+        data=DataConfig(source="sandbox", world="480p", raw_preset="yume",
+                        raw={"chunk_frames": 81, "height": 480, "width": 832, "i2v_prob": 0.0, "history_min": 0,
+                             "history_max_short": 0, "history_max_long": 0}, generate_frames=161),
+        objective=ObjectiveConfig(mvdt=False),
+        optim=OptimConfig(lr=1e-5, weight_decay=1e-3, clip_norm=1.0),
+        runtime=RuntimeConfig(dtype="bfloat16", remat="full"),
+        checkpoint=CheckpointConfig(every=500))
+
+
+def _yume14b_540p() -> TrainConfig:
+    """Yume I2V 14B at 544x960, chunk 33 frames (9 latents of 68x120) after compressed history, MVDT, the
+    reference optimiser settings (spec/yume.md "Training objective"); ``--model.init=<converted ckpt>``."""
+    return TrainConfig(
+        name="yume14b-540p", steps=10000, batch_size=1, log_every=10,
+        model=ModelConfig(preset="yume-i2v-14b"),
+        data=DataConfig(source="sandbox", world="540p", raw_preset="yume",
+                        raw={"history_buckets": (16, 32, 64, 128, 256, 512, 1000)},
+                        history_latents=(4, 8, 16, 32, 64, 128, 250), generate_frames=401),
+        objective=ObjectiveConfig(history="noised", mvdt=True),
+        optim=OptimConfig(lr=1e-5, weight_decay=1e-3, clip_norm=1.0),
+        runtime=RuntimeConfig(dtype="bfloat16", remat="full"),
+        checkpoint=CheckpointConfig(every=500))
+
+
+PRESETS = {
+    "tiny-sandbox": _tiny_sandbox,
+    "tiny-synthetic": _tiny_synthetic,
+    "tiny-t2v": _tiny_t2v,
+    "wan1.3b-480p": _wan13b_480p,
+    "yume14b-540p": _yume14b_540p,
+}
+
+
+def get(name: str) -> TrainConfig:
+    if name in PRESETS:
+        return PRESETS[name]()
+    p = Path(name)
+    if p.suffix == ".json" and p.is_file():
+        return from_dict(json.loads(p.read_text()))
+    raise ConfigError(f"unknown config {name!r}; named configs: {', '.join(sorted(PRESETS))} "
+                      "(or the path of a saved config.json)")
+
+
+# ------------------------------------------------------------------------------------------------
+# overrides
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value, tp, key: str):
+    """``value`` (a CLI string or a JSON value) as type ``tp``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        errors = []
+        for a in inner:
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"--{key}: expected true or false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"--{key}: expected {tp.__name__}, got {value!r}")
+        try:
+            v = tp(value) if not isinstance(value, str) else (int(value, 0) if tp is int else float(value))
+        except (TypeError, ValueError):
+            raise ConfigError(f"--{key}: expected {tp.__name__}, got {value!r}") from None
+        if tp is int and isinstance(value, float) and v != value:
+            raise ConfigError(f"--{key}: expected int, got {value!r}")
+        return v
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"--{key}: expected a string, got {value!r}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            s = value.strip()
+            if s in ("", "()"):
+                value = ()
+            else:
+                try:
+                    value = ast.literal_eval(s if s.startswith(("(", "[")) else f"({s},)")
+                except (ValueError, SyntaxError):
+                    raise ConfigError(f"--{key}: expected a tuple like 1,2,3, got {value!r}") from None
+        if not isinstance(value, (list, tuple)):
+            value = (value,)
+        elem = args[0] if args else str
+        return tuple(_coerce(v, elem, key) for v in value)
+    if tp is dict or origin is dict:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ConfigError(f"--{key}: expected a JSON object, got {value!r}") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"--{key}: expected a JSON object, got {value!r}")
+        return dict(value)
+    raise ConfigError(f"--{key}: unsupported field type {tp}")
+
+
+def _literal(value):
+    """A CLI string as a Python literal when it is one (for the open dictionaries), else the string."""
+    if not isinstance(value, str):
+        return value
+    low = value.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        if "," in value:
+            return tuple(_literal(v.strip()) for v in value.split(","))
+        return value
+
+
+def _open_dict_target(path: tuple[str, ...]):
+    if path == ("model", "dit"):
+        from yume_jax.models.config import DiTConfig
+        return DiTConfig
+    if path == ("data", "raw"):
+        from yume_jax.data.pipeline import RawConfig
+        return RawConfig
+    return None
+
+
+def _set(cfg, path: tuple[str, ...], value, full_key: str):
+    name = path[0]
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    if name not in fields:
+        raise ConfigError(f"unknown config key --{full_key}: {type(cfg).__name__} has "
+                          f"{', '.join(sorted(fields))}")
+    tp = _hints(type(cfg))[name]
+    cur = getattr(cfg, name)
+    if dataclasses.is_dataclass(cur):
+        if len(path) == 1:
+            if isinstance(value, dict):
+                return dataclasses.replace(cfg, **{name: _apply_dict(cur, value, full_key)})
+            raise ConfigError(f"--{full_key} is a section; set its fields (--{full_key}.<field>=...)")
+        return dataclasses.replace(cfg, **{name: _set(cur, path[1:], value, full_key)})
+    if len(path) > 1:
+        parts = full_key.split(".")
+        prefix = ".".join(parts[: len(parts) - len(path) + 1])
+        target = _open_dict_target(tuple(prefix.split(".")))
+        if target is None:
+            raise ConfigError(f"unknown config key --{full_key}: --{prefix} has no sub-keys")
+        if len(path) != 2:
+            raise ConfigError(f"unknown config key --{full_key}")
+        sub = path[1]
+        known = {f.name for f in dataclasses.fields(target)}
+        if sub not in known:
+            raise ConfigError(f"unknown config key --{full_key}: {target.__name__} has {', '.join(sorted(known))}")
+        new = dict(cur)
+        new[sub] = _coerce(_literal(value), _hints(target)[sub], full_key)
+        return dataclasses.replace(cfg, **{name: new})
+    return dataclasses.replace(cfg, **{name: _coerce(value, tp, full_key)})
+
+
+def _apply_dict(cfg, d: dict, prefix: str = ""):
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if dataclasses.is_dataclass(getattr(cfg, k, None)) and isinstance(v, dict):
+            cfg = dataclasses.replace(cfg, **{k: _apply_dict(getattr(cfg, k), v, key)})
+        elif isinstance(v, dict) and _open_dict_target(tuple(key.split("."))) is not None:
+            for sk, sv in v.items():
+                cfg = _set(cfg, (k, sk), sv, f"{key}.{sk}")
+        else:
+            cfg = _set(cfg, (k,), v, key)
+    return cfg
+
+
+def from_dict(d: dict) -> TrainConfig:
+    """A config from its JSON form (unknown keys are errors)."""
+    cfg = TrainConfig()
+    # open dictionaries are replaced, not merged, when loading a full config
+    d = dict(d)
+    model = dict(d.pop("model", {}))
+    data = dict(d.pop("data", {}))
+    cfg = _apply_dict(cfg, d)
+    dit, raw = model.pop("dit", {}), data.pop("raw", {})
+    cfg = _apply_dict(cfg, {"model": model, "data": data})
+    cfg = cfg.replace(model=dataclasses.replace(cfg.model, dit={}), data=dataclasses.replace(cfg.data, raw={}))
+    return _apply_dict(cfg, {"model": {"dit": dit}, "data": {"raw": raw}})
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for a in args:
+        if not a.startswith("--") or "=" not in a:
+            raise ConfigError(f"expected --key=value, got {a!r}")
+        k, v = a[2:].split("=", 1)
+        if not k:
+            raise ConfigError(f"expected --key=value, got {a!r}")
+        out.append((k, v))
+    return out
+
+
+def override(cfg: TrainConfig, overrides: list[tuple[str, str]] | dict) -> TrainConfig:
+    items = overrides.items() if isinstance(overrides, dict) else overrides
+    for k, v in items:
+        cfg = _set(cfg, tuple(k.split(".")), v, k)
+    return cfg
+
+
+def resolve(name: str, args: list[str] | dict = ()) -> TrainConfig:
+    """Preset ``name`` with ``--key=value`` overrides, validated (no devices needed)."""
+    cfg = get(name)
+    cfg = override(cfg, parse_overrides(list(args)) if not isinstance(args, dict) else args)
+    validate(cfg)
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------
+# validation
+
+def _dit_overrides(d: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def _check(cond: bool, msg: str):
+    if not cond:
+        raise ConfigError(msg)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Everything that can be checked without devices; raises ConfigError naming the key."""
+    _check(cfg.model.preset in model_presets.PRESETS,
+           f"--model.preset={cfg.model.preset!r} is not a model preset; known: {sorted(model_presets.PRESETS)}")
+    try:
+        dit = cfg.dit_config()
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"--model.dit: {e}") from None
+    _check(cfg.steps >= 1, f"--steps must be >= 1, got {cfg.steps}")
+    _check(cfg.batch_size >= 1, f"--batch_size must be >= 1, got {cfg.batch_size}")
+    _check(cfg.log_every >= 1, f"--log_every must be >= 1, got {cfg.log_every}")
+    _check(cfg.peak_tflops is None or cfg.peak_tflops > 0, "--peak_tflops must be positive")
+    o = cfg.optim
+    _check(o.lr > 0, f"--optim.lr must be positive, got {o.lr}")
+    _check(o.schedule in ("constant", "cosine", "linear"),
+           f"--optim.schedule must be constant, cosine or linear, got {o.schedule!r}")
+    _check(o.warmup_steps >= 0, "--optim.warmup_steps must be >= 0")
+    _check(o.decay_steps is None or o.decay_steps >= 1, "--optim.decay_steps must be >= 1")
+    _check(0.0 <= o.ema_decay < 1.0, f"--optim.ema_decay must be in [0, 1), got {o.ema_decay}")
+    _check(o.grad_accum >= 1, f"--optim.grad_accum must be >= 1, got {o.grad_accum}")
+    _check(o.clip_norm >= 0, "--optim.clip_norm must be >= 0")
+    _check(cfg.batch_size % o.grad_accum == 0,
+           f"--batch_size={cfg.batch_size} is not divisible by --optim.grad_accum={o.grad_accum}")
+    m = cfg.mesh.as_dict()
+    _check(all(v == -1 or v >= 1 for v in m.values()), f"--mesh sizes must be >= 1 or -1, got {m}")
+    _check(list(m.values()).count(-1) <= 1, f"at most one --mesh axis may be -1, got {m}")
+    try:
+        cfg.runtime_obj()
+    except ValueError as e:
+        raise ConfigError(f"--runtime: {e}") from None
+    ob = cfg.objective
+    _check(ob.history in ("noised", "clean"), f"--objective.history must be noised or clean, got {ob.history!r}")
+    _check(0.0 <= ob.mask_low and ob.mask_width >= 0 and ob.mask_low + ob.mask_width < 1.0,
+           "--objective.mask_low + mask_width must be in [0, 1)")
+    _check(ob.mask_buckets >= 1, "--objective.mask_buckets must be >= 1")
+    _check(ob.t_std > 0 and ob.shift > 0, "--objective.t_std and shift must be positive")
+    _check(not ob.mvdt or (dit.sideblock and dit.mask_token),
+           f"--objective.mvdt=true needs a model with sideblock and mask_token; {cfg.model.preset} has none "
+           "(use a yume preset or --objective.mvdt=false)")
+    ic = dit.in_channels
+    z = cfg.data.latent_channels
+    _check(dit.out_channels == z, f"the model predicts {dit.out_channels} channels but --data.latent_channels={z}")
+    _check(ic in (z, 2 * z + 4), f"model in_channels={ic} must be latent_channels ({z}) or the I2V layout "
+           f"2*{z}+4 = {2 * z + 4} (noisy + mask + conditioning latents)")
+    d = cfg.data
+    _check(d.source in ("sandbox", "synthetic"), f"--data.source must be sandbox or synthetic, got {d.source!r}")
+    try:
+        raw = cfg.raw_config()
+    except KeyError:
+        from yume_jax.data.pipeline import RAW_PRESETS
+        raise ConfigError(f"--data.raw_preset={d.raw_preset!r} unknown; known: {sorted(RAW_PRESETS)}") from None
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"--data.raw: {e}") from None
+    st, sh, sw = d.vae_stride
+    _check(len(d.vae_stride) == 3, "--data.vae_stride needs 3 entries")
+    _check(raw.height % sh == 0 and raw.width % sw == 0,
+           f"--data.raw height/width {raw.height}x{raw.width} must be multiples of the VAE stride {sh}x{sw}")
+    pt, ph, pw = dit.patch_size
+    lh, lw = raw.height // sh, raw.width // sw
+    _check(lh % ph == 0 and lw % pw == 0, f"latent size {lh}x{lw} must be a multiple of the patch {dit.patch_size}")
+    _check(d.text_len >= 1 and d.image_tokens >= 1, "--data.text_len and image_tokens must be >= 1")
+    _check(all(h >= 0 for h in d.history_latents), "--data.history_latents must be >= 0")
+    has_hist = d.synthetic_history > 0 if d.source == "synthetic" else (raw.history_max_long > 0 or raw.i2v_prob > 0)
+    _check(not has_hist or dit.history_tiers or d.history_latents == (0,),
+           f"the data has history frames but {cfg.model.preset} has no history embeddings (use a yume preset, "
+           "or set --data.history_latents=0 / no history in the data)")
+    _check(d.synthetic_history >= 0, "--data.synthetic_history must be >= 0")
+    c = cfg.checkpoint
+    _check(c.every >= 1 and c.max_to_keep >= 1, "--checkpoint.every and max_to_keep must be >= 1")
+    ds = cfg.dist
+    given = [ds.coordinator is not None, ds.num_processes is not None, ds.process_id is not None]
+    _check(all(given) or not any(given), "--dist.coordinator, num_processes and process_id go together")
+    _check(not (ds.auto and any(given)), "--dist.auto excludes explicit --dist settings")
+
+
+def check_devices(cfg: TrainConfig, num_devices: int, num_processes: int = 1) -> dict[str, int]:
+    """The concrete mesh shape for ``num_devices``; errors for a mesh or batch that does not fit."""
+    m = cfg.mesh.as_dict()
+    known = math.prod(v for v in m.values() if v != -1)
+    if -1 in m.values():
+        _check(num_devices % known == 0, f"--mesh {m} does not divide the {num_devices} devices "
+               f"(the fixed axes need a multiple of {known})")
+        m = {k: (num_devices // known if v == -1 else v) for k, v in m.items()}
+    _check(math.prod(m.values()) == num_devices,
+           f"--mesh {m} needs {math.prod(m.values())} devices, have {num_devices}")
+    dp = m["data"] * m["fsdp"]
+    micro = cfg.batch_size // cfg.optim.grad_accum
+    _check(micro % dp == 0, f"--batch_size={cfg.batch_size} (micro-batch {micro} with grad_accum="
+           f"{cfg.optim.grad_accum}) is not divisible by the data-parallel size data*fsdp = {dp}")
+    _check(cfg.batch_size % num_processes == 0,
+           f"--batch_size={cfg.batch_size} is not divisible by the {num_processes} processes")
+    return m

@@ -1,0 +1,1 @@
+"""Training library: objective, state/optimizer, sharded step, checkpoints, data, metrics (issue 7)."""

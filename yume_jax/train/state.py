@@ -1,0 +1,207 @@
+"""Training state: float32 master parameters, Optax AdamW with warmup + schedule + global-norm clipping,
+optional EMA, and the shardings of all of it (FSDP / ZeRO-3: parameters, gradients and optimizer
+moments are sharded alike by the logical table of :mod:`yume_jax.sharding`).
+
+The state is a plain dict pytree (what Orbax saves):
+``{"step": int32[], "params": <nested dict of float32>, "opt_state": <optax state>, "rng": uint32[2],
+"ema": <like params> (only with ema_decay > 0)}``. Parameters are the NNX state of the model as a
+pure nested dict (``nnx.merge(graphdef, params)`` rebuilds the model).
+
+Reference optimiser (spec/yume.md "Training objective"): Adam, lr 1e-5, weight decay 1e-3, clip 1.0,
+constant LR; weight decay is decoupled (AdamW) and applies to every parameter, as in the reference.
+"""
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from yume_jax import sharding
+from yume_jax.models import params as Pm
+from yume_jax.models.config import DiTConfig
+from yume_jax.models.loader import build
+
+
+def make_schedule(cfg, total_steps: int) -> optax.Schedule:
+    """Linear warmup from 0 to lr over warmup_steps, then constant / cosine / linear decay to
+    end_lr_ratio * lr over decay_steps (default: the rest of the run)."""
+    decay = (cfg.decay_steps or total_steps) - cfg.warmup_steps
+    decay = max(decay, 1)
+    end = cfg.lr * cfg.end_lr_ratio
+    if cfg.schedule == "constant":
+        after = optax.constant_schedule(cfg.lr)
+    elif cfg.schedule == "cosine":
+        after = optax.cosine_decay_schedule(cfg.lr, decay, alpha=cfg.end_lr_ratio)
+    elif cfg.schedule == "linear":
+        after = optax.linear_schedule(cfg.lr, end, decay)
+    else:
+        raise ValueError(f"unknown schedule {cfg.schedule!r}")
+    if cfg.warmup_steps <= 0:
+        return after
+    warm = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
+    return optax.join_schedules([warm, after], [cfg.warmup_steps])
+
+
+def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    schedule = make_schedule(cfg, total_steps)
+    parts = []
+    if cfg.clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(cfg.clip_norm))
+    parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay))
+    return optax.chain(*parts), schedule
+
+
+# ------------------------------------------------------------------------------------------------
+# abstract model and shardings
+
+def graphdef_and_abstract(dit: DiTConfig):
+    """The model's graphdef and its parameters as a nested dict of float32 ShapeDtypeStructs."""
+    model = build(dit, param_dtype="float32", abstract=True)
+    graphdef, state = nnx.split(model)
+    pure = nnx.to_pure_dict(state)
+    return graphdef, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), pure)
+
+
+def param_shardings(abstract_params, mesh) -> dict:
+    """Nested dict of NamedShardings, one per parameter, from the logical table."""
+    flat = {k: tuple(v.shape) for k, v in Pm.flatten(abstract_params).items()}
+    sh = sharding.param_shardings(flat, mesh)
+    return Pm.fill(abstract_params, lambda name, leaf: sh[name])
+
+
+def _path_name(path) -> str:
+    parts = []
+    for p in path:
+        if isinstance(p, jax.tree_util.DictKey):
+            parts.append(str(p.key))
+        elif isinstance(p, jax.tree_util.SequenceKey):
+            parts.append(str(p.idx))
+        elif isinstance(p, jax.tree_util.GetAttrKey):
+            parts.append(str(p.name))
+        elif isinstance(p, jax.tree_util.FlattenedIndexKey):
+            parts.append(str(p.key))
+    return ".".join(parts)
+
+
+def tree_shardings_like_params(tree, param_sh: dict, mesh):
+    """Shardings for a pytree whose leaves mirror parameters (optimizer moments, EMA): a leaf whose
+    path ends with a parameter's name and has its shape gets that parameter's sharding; scalars and
+    anything else are replicated."""
+    flat_p = Pm.flatten(param_sh)
+    names = sorted(flat_p, key=len, reverse=True)
+    replicated = NamedSharding(mesh, P())
+
+    def pick(path, leaf):
+        full = _path_name(path)
+        for n in names:
+            if full == n or full.endswith("." + n):
+                s = flat_p[n]
+                return s
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+def abstract_state(dit: DiTConfig, optimizer: optax.GradientTransformation, ema: bool):
+    graphdef, params = graphdef_and_abstract(dit)
+    opt = jax.eval_shape(optimizer.init, params)
+    state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params, "opt_state": opt,
+             "rng": jax.ShapeDtypeStruct((2,), jnp.uint32)}
+    if ema:
+        state["ema"] = params
+    return graphdef, state
+
+
+def state_shardings(state, mesh) -> dict:
+    psh = param_shardings(state["params"], mesh)
+    rep = NamedSharding(mesh, P())
+    out = {"step": rep, "params": psh, "opt_state": tree_shardings_like_params(state["opt_state"], psh, mesh),
+           "rng": rep}
+    if "ema" in state:
+        out["ema"] = psh
+    return out
+
+
+def with_shardings(abstract, shardings):
+    """ShapeDtypeStructs carrying shardings (the restore target of Orbax)."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+# ------------------------------------------------------------------------------------------------
+# initial parameters
+
+def random_params(dit: DiTConfig, seed: int, shardings):
+    """Random float32 parameters (the model's own initialisers) created directly in their shards, nothing
+    materialised on one device. The random bits come from XLA's RngBitGenerator ("unsafe_rbg" keys):
+    4x faster to compile than threefry on CPU; values are reproducible for a seed and mesh."""
+    from yume_jax.models.yume import YumeDiT
+
+    def make():
+        model = YumeDiT(dit, rngs=nnx.Rngs(jax.random.key(seed, impl="unsafe_rbg")), param_dtype=jnp.float32)
+        return nnx.to_pure_dict(nnx.state(model))
+
+    return jax.jit(make, out_shardings=shardings)()
+
+
+def checkpoint_params(path: str, dit: DiTConfig, seed: int, shardings) -> tuple[dict, list[str]]:
+    """Parameters from a converted Wan or Yume checkpoint (``python -m yume_jax.convert``), placed in
+    their shards. Parameters the checkpoint lacks but ``dit`` has (the Yume extras when starting from
+    Wan): history embeddings from the base patch embedding by trilinear interpolation (spec/yume.md),
+    side block and mask token as in a fresh init (seed). Returns (params, names initialised here)."""
+    from yume_jax.convert.tensors import ConversionError, open_source
+    from yume_jax.models import memory
+
+    src = open_source(path)
+    if src.meta is None or src.meta.get("family") != "dit":
+        raise ConversionError("not a converted DiT checkpoint (python -m yume_jax.convert)", file=path)
+    ck = DiTConfig.from_dict(src.meta["config"])
+    base_fields = ("dim", "ffn_dim", "num_heads", "num_layers", "in_channels", "out_channels", "text_dim",
+                   "freq_dim", "patch_size", "image_dim", "cross_attn_norm", "qk_norm")
+    diff = [f"{f}: checkpoint {getattr(ck, f)} vs config {getattr(dit, f)}" for f in base_fields
+            if getattr(ck, f) != getattr(dit, f)]
+    if diff:
+        raise ValueError(f"checkpoint {path} does not fit the model config: " + "; ".join(diff))
+    have = set(src.keys())
+    fresh = random_params(dit, seed, shardings)
+    flat_sh = Pm.flatten(shardings)
+    created: list[str] = []
+    base_k = base_b = None
+
+    def get(name, leaf):
+        nonlocal base_k, base_b
+        names = Pm.unstacked_names(name, dit.num_layers) if Pm.is_stacked(name) else [name]
+        if all(n in have for n in names):
+            arr = np.stack([src.read(n) for n in names]) if Pm.is_stacked(name) else src.read(name)
+            if tuple(arr.shape) != tuple(leaf.shape):
+                raise ConversionError(f"shape {arr.shape}, model expects {leaf.shape}", file=src.path, key=names[0])
+            return jax.device_put(np.asarray(arr, np.float32), flat_sh[name])
+        if any(n in have for n in names):
+            raise ConversionError("checkpoint holds only some layers of this parameter", file=src.path, key=name)
+        m = re.fullmatch(r"history_embedding\.x(\w+)\.(kernel|bias)", name)
+        created.append(name)
+        if m:
+            if base_k is None:
+                base_k = np.asarray(src.read("patch_embedding.kernel"), np.float32)
+                base_b = np.asarray(src.read("patch_embedding.bias"), np.float32)
+            k, b = memory.init_history_from_base(base_k, base_b, m.group(1))
+            return jax.device_put(k if m.group(2) == "kernel" else b, flat_sh[name])
+        return leaf
+
+    return Pm.fill(fresh, get), created
+
+
+def init_state(params, optimizer, seed: int, shardings, ema: bool) -> dict:
+    """Optimizer state initialised in its shards next to ``params``."""
+    def make(p):
+        st = {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": optimizer.init(p),
+              "rng": jax.random.key_data(jax.random.key(seed))}
+        if ema:
+            st["ema"] = jax.tree.map(jnp.copy, p)
+        return st
+
+    return jax.jit(make, out_shardings=shardings)(params)
