@@ -63,6 +63,9 @@ def test_saved_state_resumes(vae, data, tmp_path):
         vae.stream_decode(lat[:, :, 3:], state)
     loaded = StreamState.load(tmp_path / "dec.npz")
     assert loaded.frames == 3 and loaded.shape == (1, H // 16, W // 16)
+    other = WanVAE(config.get("tiny-2.1"), init_params(config.get("tiny-2.1")))
+    with pytest.raises(ValueError, match="different config"):
+        other.stream_decode(lat[:, :, 3:, :, :], StreamState.load(tmp_path / "dec.npz"))
     resumed, _ = vae.stream_decode(lat[:, :, 3:], loaded)
     branch, _ = vae.stream_decode(lat[:, :, 3:], keep)
     np.testing.assert_array_equal(resumed, direct)

@@ -122,6 +122,7 @@ class StreamState:
     shape: tuple[int, int, int] | None = None  # (B, H, W) of the input, fixed by the first chunk
     caches: tuple | None = None  # per tile, row-major: a tuple of arrays
     grid: tuple | None = None  # the tile layout the caches belong to (spans per axis)
+    config: dict | None = None  # the VAEConfig (as a dict) of the VAE that made the caches
     consumed: bool = False
 
     def copy(self) -> "StreamState":
@@ -137,7 +138,7 @@ class StreamState:
         """Write the state to an ``.npz`` (caches as arrays, the rest as JSON)."""
         self._check_live()
         leaves = jax.tree.leaves(self.caches) if self.caches is not None else []
-        meta = {"kind": self.kind, "frames": self.frames, "shape": self.shape, "grid": self.grid,
+        meta = {"kind": self.kind, "frames": self.frames, "shape": self.shape, "grid": self.grid, "config": self.config,
                 "lengths": None if self.caches is None else [len(c) for c in self.caches],
                 "dtype": str(leaves[0].dtype) if leaves else None}
         arrays = {f"c{i}": np.asarray(a.astype(jnp.float32)) for i, a in enumerate(leaves)}
@@ -157,7 +158,7 @@ class StreamState:
                 caches = tuple(caches)
         grid = None if meta["grid"] is None else tuple(tuple(tuple(s) for s in ax) for ax in meta["grid"])
         return cls(meta["kind"], meta["frames"], None if meta["shape"] is None else tuple(meta["shape"]),
-                   caches, grid)
+                   caches, grid, meta["config"])
 
 
 class WanVAE:
@@ -323,6 +324,8 @@ class WanVAE:
         state._check_live()
         if state.kind != kind:
             raise ValueError(f"a {state.kind} state cannot continue a {kind} stream")
+        if state.config is not None and state.config != self.cfg.to_dict():
+            raise ValueError("this StreamState was made by a VAE with a different config")
         x = x if isinstance(x, jax.Array) else jnp.asarray(x)
         (self._check_video if kind == "encode" else self._check_latents)(x, state)
         self._check_tiling()
@@ -366,5 +369,5 @@ class WanVAE:
                 y = self._asm(tuple(tiles), stats, grid=grid, kind=kind)
             outs.append(y)
         state.consumed = True
-        new = StreamState(kind, state.frames + t, (b, h, w), tuple(caches), key)
+        new = StreamState(kind, state.frames + t, (b, h, w), tuple(caches), key, self.cfg.to_dict())
         return (outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)), new
