@@ -157,8 +157,32 @@ def breakdown(cfg, rt, tokens, context, a):
     tb = timeit(lambda: d1(x, jnp.array([700.0]), ctx, img), 5)
     block_flops = model_flops(tokens, cfg.dim, cfg.ffn_dim, 1, context)
     med = lambda ts: ts[len(ts) // 2]  # noqa: E731
+    torch_ms = None
+    try:  # the same attention through torch SDPA (flash/cuDNN as torch picks), same process
+        import torch
+
+        if torch.cuda.is_available():
+            tq, tk, tv = (torch.randn(1, n, tokens, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+            sdpa = torch.nn.functional.scaled_dot_product_attention
+            for _ in range(3):
+                sdpa(tq, tk, tv)
+            torch.cuda.synchronize()
+            ts = []
+            for _ in range(10):
+                e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                e0.record()
+                sdpa(tq, tk, tv)
+                e1.record()
+                torch.cuda.synchronize()
+                ts.append(e0.elapsed_time(e1))
+            torch_ms = sorted(ts)[len(ts) // 2]
+            del tq, tk, tv
+    except ImportError:
+        pass
     print(json.dumps(dict(breakdown=cfg.dim, tokens=tokens,
                           attention_ms=round(med(tm), 2), attention_tflops=round(att_flops / med(tm) / 1e9, 1),
+                          torch_sdpa_ms=None if torch_ms is None else round(torch_ms, 2),
+                          torch_sdpa_tflops=None if torch_ms is None else round(att_flops / torch_ms / 1e9, 1),
                           ffn_ms=round(med(tf), 2), ffn_tflops=round(ffn_flops / med(tf) / 1e9, 1),
                           one_layer_model_ms=round(med(tb), 2),
                           one_layer_tflops=round(block_flops / med(tb) / 1e9, 1))), flush=True)
