@@ -195,3 +195,27 @@ def test_explore_interactive_through_a_pty(pipe_dir, png, tmp_path):
     side = json.loads(Path(str(out) + ".json").read_text())
     assert [c["action"] for c in side["chunks"]] == ["W ·", "None →"]
     assert _frames(out) == 1 + 2 * 4
+
+
+def test_text_only_start_with_a_t2v_model():
+    """A model without image cross-attention starts from text alone (no history in the first chunk)."""
+    from configs.models import get
+    from yume_jax.encoders import TextEncoder
+    from yume_jax.encoders import get as enc_get
+    from yume_jax.models.loader import DiT, build
+    from yume_jax.models.yume import add_yume_extras
+    from yume_jax.rollout import Pipeline
+    from yume_jax.vae import PRESETS, WanVAE
+    from yume_jax.vae.params import init_params
+
+    te = TextEncoder.random(enc_get("tiny-umt5"), seed=1)
+    dit = DiT(add_yume_extras(build(get("tiny-t2v", text_dim=te.config.dim), seed=1)))
+    cfg = PRESETS["tiny-2.1"]
+    p = Pipeline(dit=dit, vae=WanVAE(cfg, init_params(cfg, 1)), text_encoder=te)
+    p.check()
+    s = Session(p, _cfg())
+    assert s.history is None and len(s.initial_frames) == 0
+    f0, r0 = s.step("W")
+    f1, r1 = s.step("→")
+    assert f0.shape == (1, 32, 48, 3) and f1.shape == (4, 32, 48, 3)  # first decode: 1 frame per latent
+    assert (r0["history_frames"], r1["history_frames"]) == (0, 1)
