@@ -41,8 +41,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "sandbox"  # sandbox: world clips + stand-in encoder; synthetic: random latents
-    path: str | None = None  # sandbox clips (Sekai or Yume layout); None: <workdir>/world
+    source: str = "sandbox"  # sandbox: world clips + stand-in encoder; latents: python -m train.build_latents
+    #                          output (real VAE/umT5 features); synthetic: random latents
+    path: str | None = None  # sandbox clips (Sekai or Yume layout; None: <workdir>/world) or the latent dataset dir
     layout: str | None = None  # None: detect
     generate: int = 0  # sandbox: render this many world videos into `path` when it holds none
     generate_frames: int = 60  # frames per rendered world video
@@ -504,7 +505,12 @@ def validate(cfg: TrainConfig) -> None:
     _check(ic in (z, 2 * z + 4), f"model in_channels={ic} must be latent_channels ({z}) or the I2V layout "
            f"2*{z}+4 = {2 * z + 4} (noisy + mask + conditioning latents)")
     d = cfg.data
-    _check(d.source in ("sandbox", "synthetic"), f"--data.source must be sandbox or synthetic, got {d.source!r}")
+    _check(d.source in ("sandbox", "latents", "synthetic"),
+           f"--data.source must be sandbox, latents or synthetic, got {d.source!r}")
+    _check(d.source != "latents" or d.path, "--data.source=latents needs --data.path=<latent dataset dir>")
+    _check(d.source != "latents" or dit.image_dim is None,
+           f"--data.source=latents: the latent dataset holds no image features but {cfg.model.preset} has image "
+           "cross-attention (image_dim); use a model without it (e.g. --model.dit.image_dim=none) or the sandbox source")
     try:
         raw = cfg.raw_config()
     except KeyError:
@@ -521,7 +527,8 @@ def validate(cfg: TrainConfig) -> None:
     _check(lh % ph == 0 and lw % pw == 0, f"latent size {lh}x{lw} must be a multiple of the patch {dit.patch_size}")
     _check(d.text_len >= 1 and d.image_tokens >= 1, "--data.text_len and image_tokens must be >= 1")
     _check(all(h >= 0 for h in d.history_latents), "--data.history_latents must be >= 0")
-    has_hist = d.synthetic_history > 0 if d.source == "synthetic" else (raw.history_max_long > 0 or raw.i2v_prob > 0)
+    has_hist = d.synthetic_history > 0 if d.source == "synthetic" else (
+        d.source == "latents" or raw.history_max_long > 0 or raw.i2v_prob > 0)
     _check(not has_hist or dit.history_tiers or d.history_latents == (0,),
            f"the data has history frames but {cfg.model.preset} has no history embeddings (use a yume preset, "
            "or set --data.history_latents=0 / no history in the data)")

@@ -35,15 +35,20 @@ def _events(path: Path) -> dict[str, list[float]]:
     return out
 
 
-def test_tiny_sandbox_loss_falls(tmp_path):
-    run = tmp_path / "run"
+def _train(run: Path, *args) -> str:
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    cmd = [sys.executable, "-m", "train.train", "--config", "tiny-sandbox", f"--workdir={run}", "--steps=200",
-           "--log_every=20", "--checkpoint.every=100", "--model.dit.num_layers=2", "--data.raw.i2v_prob=1.0",
-           "--peak_tflops=0.1"]
+    cmd = [sys.executable, "-m", "train.train", "--config", "tiny-sandbox", f"--workdir={run}",
+           "--model.dit.num_layers=2", "--data.raw.i2v_prob=1.0", *args]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "done: step 200, 1 compiled step variants" in r.stderr
+    return r.stderr
+
+
+def test_tiny_sandbox_loss_falls(tmp_path):
+    run = tmp_path / "run"
+    err = _train(run, "--steps=200", "--log_every=20", "--checkpoint.every=100", "--peak_tflops=0.1")
+    assert "done: step 200, 1 compiled step variants" in err
+    assert (run / "world").is_dir()  # rendered by the run (--data.generate=4 in the preset)
     recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in recs] == list(range(1, 201))
     loss = np.array([x["loss"] for x in recs])
@@ -68,3 +73,28 @@ def test_tiny_sandbox_loss_falls(tmp_path):
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["name"] == "tiny-sandbox" and cfg["model"]["dit"] == {"num_layers": 2} and cfg["steps"] == 200
     assert sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == [100, 200]
+
+
+def test_latent_dataset_source(tmp_path):
+    """--data.source=latents reads a dataset written by the latent builder (here with its stand-in encoders)
+    through the same trainer; a model with image cross-attention is refused before anything compiles."""
+    from yume_jax.data import latents, pipeline, sekai, world
+    root = world.write_dataset(tmp_path / "world", 3, 5, "yume", cfg=world.PRESETS["tiny"], num_frames=60,
+                               min_clip_frames=12)
+    raw = pipeline.RAW_PRESETS["tiny"].replace(i2v_prob=1.0)
+    video, text = latents.stand_in_encoders(z_dim=16, text_dim=32, text_len=16)
+    rep = latents.encode_dataset(sekai.read(root), tmp_path / "lat", video, text, raw, samples_per_clip=2,
+                                 progress=False)
+    run = tmp_path / "run"
+    err = _train(run, f"--data.source=latents", f"--data.path={rep.path}", "--model.dit.image_dim=none",
+                 "--steps=12", "--log_every=4", "--checkpoint.every=6", "--data.log_samples=true")
+    assert "done: step 12, 1 compiled step variants" in err
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in recs] == list(range(1, 13)) and all(np.isfinite(x["loss"]) for x in recs)
+    items = [i for x in (run / "samples.p0.jsonl").read_text().splitlines() for i in json.loads(x)["item"]]
+    assert len(items) == 24 and set(items) <= set(range(rep.examples))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    r = subprocess.run([sys.executable, "-m", "train.train", "--config", "tiny-sandbox", f"--workdir={tmp_path / 'x'}",
+                        "--data.source=latents", f"--data.path={rep.path}"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2 and "holds no image features" in r.stderr

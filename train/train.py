@@ -93,21 +93,23 @@ class Trainer:
         self.shard_index, self.shard_count, rows = _data_shard(self.mesh, self.micro)
         self.local_batch = rows * self.accum
         self.run_dir = cfg.run_dir.absolute()
-        st = cfg.data.vae_stride
-        self.chunk = (self.raw.chunk_frames - 1) // st[0] + 1
-        self.latent_hw = (self.raw.height // st[1], self.raw.width // st[2])
         if cfg.data.source == "synthetic":
-            for h in (cfg.data.synthetic_history,):
-                if cfg.data.history_latents and h not in cfg.data.history_latents:
-                    raise tc.ConfigError(f"--data.synthetic_history={h} is not one of --data.history_latents")
+            h = cfg.data.synthetic_history
+            if cfg.data.history_latents and h not in cfg.data.history_latents:
+                raise tc.ConfigError(f"--data.synthetic_history={h} is not one of --data.history_latents")
 
-        # data (sandbox clips are rendered by process 0 if asked to)
-        world = Path(cfg.data.path).absolute() if cfg.data.path else self.run_dir / "world"
+        # data (sandbox clips are rendered by process 0 if asked to); shapes checked before any compile
+        path = Path(cfg.data.path).absolute() if cfg.data.path else self.run_dir / "world"
         if cfg.data.source == "sandbox":
             if self.is_main:
-                data_lib.ensure_world(world, cfg)
+                data_lib.ensure_world(path, cfg)
             self._barrier("world")
-        self.dataset = data_lib.dataset(cfg, self.dit, self.local_batch, self.shard_index, self.shard_count, world)
+        try:
+            self.shapes = data_lib.describe(cfg, self.dit, path)
+        except ValueError as e:
+            raise tc.ConfigError(str(e)) from None
+        self.chunk, self.latent_hw = self.shapes.chunk, self.shapes.latent_hw
+        self.dataset = data_lib.dataset(cfg, self.dit, self.local_batch, self.shard_index, self.shard_count, path)
 
         # optimizer, abstract state, shardings (no compile yet)
         self.optimizer, self.schedule = state_lib.make_optimizer(cfg.optim, cfg.steps)
@@ -235,7 +237,7 @@ class Trainer:
             samples_log = open(self.run_dir / f"samples.p{jax.process_index()}.jsonl", "a")
         peak = cfg.peak_tflops or mt.peak_tflops(jax.devices()[0].device_kind)
         n_dev = jax.device_count()
-        image_tokens = cfg.data.image_tokens if self.dit.image_dim is not None else 0
+        text_len, image_tokens = self.shapes.text_len, self.shapes.image_tokens
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         bar = tqdm(total=cfg.steps, initial=self.start, disable=not (self.is_main and cfg.progress), unit="step",
                    dynamic_ncols=True, file=sys.stderr)
@@ -252,7 +254,7 @@ class Trainer:
                 if samples_log is not None:
                     ids = {k: np.asarray(batch[k]).tolist() for k in ("clip", "start", "item") if k in batch}
                     samples_log.write(json.dumps({"step": step, **ids}) + "\n")
-                fw = mt.forward_flops(self.dit, f, *self.latent_hw, self.chunk, cfg.data.text_len, image_tokens, keep)
+                fw = mt.forward_flops(self.dit, f, *self.latent_hw, self.chunk, text_len, image_tokens, keep)
                 n_samples += cfg.batch_size
                 n_tokens += cfg.batch_size * tokens
                 n_flops += cfg.batch_size * mt.train_flops(fw)

@@ -14,10 +14,14 @@ Sources:
   of ``stride_t`` frames, ``stride_h`` x ``stride_w`` pixels) and a fixed channel tiling; prompt -> one
   hashed Gaussian vector per word, zero padded (as Wan pads T5 output); image -> pooled-colour tokens
   of the first frame. The real latent dataset and VAE replace it when they exist.
+- ``latents``: the latent dataset of :mod:`yume_jax.data.latents` (real VAE latents and umT5 features,
+  written by ``python -m train.build_latents``). It stores no CLIP image features, so it serves models
+  without image cross-attention (T2V, Yume-5B-style) only.
 - ``synthetic``: Gaussian latents of one fixed shape (tests, benchmarks).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import zlib
@@ -123,7 +127,57 @@ class SyntheticSample:
         return out
 
 
+class LatentBatch:
+    """Grain map: a latent-dataset batch -> the trainer's keys."""
+
+    def __call__(self, b: dict) -> dict:
+        return {"latents": np.asarray(b["latents"], np.float32), "num_history": b["num_history_latents"],
+                "text": np.asarray(b["text"], np.float32), "item": b["sample_id"], "i2v": b["i2v"]}
+
+
 SYNTHETIC_ITEMS = 1 << 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+    """What the model will see, known before anything is compiled."""
+
+    chunk: int  # latent frames of the current chunk
+    latent_hw: tuple[int, int]
+    channels: int
+    text_len: int
+    text_dim: int
+    image_tokens: int  # 0: no image features
+
+
+def describe(cfg, dit, path: Path | None) -> Shapes:
+    """Shapes of the batches of ``cfg``'s source; raises ValueError when they do not fit the model."""
+    d = cfg.data
+    raw = cfg.raw_config()
+    st, sh, sw = d.vae_stride
+    if d.source != "latents":
+        return Shapes((raw.chunk_frames - 1) // st + 1, (raw.height // sh, raw.width // sw), d.latent_channels,
+                      d.text_len, dit.text_dim, d.image_tokens if dit.image_dim is not None else 0)
+    from yume_jax.data import latents
+    if path is None or not Path(path).is_dir():
+        raise ValueError(f"--data.path={path} is not a latent dataset directory (python -m train.build_latents "
+                         "writes OUT/<name>/<version>)")
+    info = latents.build_info(path)
+    ex = latents.open_source(path)[0]
+    z, _, h, w = ex["latents"].shape
+    text_dim, text_len = ex["text"].shape[-1], int(ex["text_len"])
+    chunk = (info["config"]["chunk_frames"] - 1) // st + 1
+    if dit.image_dim is not None:
+        raise ValueError(f"{cfg.model.preset} has image cross-attention but the latent dataset {path} holds no "
+                         "image features; use a model without image_dim or the sandbox source")
+    if z != dit.out_channels:
+        raise ValueError(f"the latent dataset has {z} latent channels; the model predicts {dit.out_channels}")
+    if text_dim != dit.text_dim:
+        raise ValueError(f"the latent dataset's text features have {text_dim} dims; the model takes {dit.text_dim}")
+    pt, ph, pw = dit.patch_size
+    if h % ph or w % pw:
+        raise ValueError(f"latent size {h}x{w} is not a multiple of the patch {dit.patch_size}")
+    return Shapes(chunk, (h, w), z, text_len, text_dim, 0)
 
 
 def ensure_world(path: Path, cfg) -> Path:
@@ -162,6 +216,9 @@ def dataset(cfg, dit, batch_size: int, shard_index: int, shard_count: int, path:
         shape = (d.latent_channels, d.synthetic_history + chunk, raw.height // sh, raw.width // sw)
         fn = SyntheticSample(shape, d.synthetic_history, (d.text_len, dit.text_dim), image)
         return pl.build(SYNTHETIC_ITEMS, fn, loader, shard_index, shard_count)
+    if d.source == "latents":
+        from yume_jax.data import latents
+        return latents.latent_dataset(path, loader, raw.speed_prob, shard_index, shard_count).map(LatentBatch())
     if d.source != "sandbox":
         raise ValueError(f"unknown data source {d.source!r}")
     data = sekai.read(path, d.layout)
