@@ -5,14 +5,13 @@ Batches arrive as (A, B/A, ...) global arrays, A = grad_accum, sharded over the 
 the second dimension. Randomness: the step's key is fold_in(state rng, step) (then fold_in(micro-batch
 index)), so a restarted run draws exactly what the uninterrupted one drew.
 
-bf16 compute with fp32 master weights: the matmul kernels the model casts to the compute dtype anyway
-are cast once before the forward (identical numerics, and FSDP all-gathers move half the bytes);
-norms, modulation, time embedding and head parameters stay float32 (spec/wan.md "Precision").
-Gradients are float32, constrained to the parameter shardings (a reduce-scatter under FSDP).
+bf16 compute with fp32 master weights: the model casts each matmul kernel to the compute dtype where
+it is used (norms, modulation, time embedding and head stay float32, spec/wan.md "Precision"), so
+gradients of a kernel used in several places (plain and MVDT pass) are summed in float32. Gradients
+are constrained to the parameter shardings (a reduce-scatter under FSDP).
 """
 from __future__ import annotations
 
-import re
 from typing import Callable
 
 import jax
@@ -22,22 +21,8 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from yume_jax import sharding
-from yume_jax.models import params as Pm
 from yume_jax.models.config import Runtime
 from yume_jax.train import objective
-
-# kernels the model casts to the compute dtype itself (the head, time embedding and projection run in f32)
-_COMPUTE_KERNELS = re.compile(r"^((blocks|sideblock)\.(self_attn|cross_attn|ffn)\.\w+\.kernel"
-                              r"|text_embedding\.fc\d\.kernel|img_emb\.fc\d\.kernel"
-                              r"|patch_embedding\.kernel|history_embedding\.\w+\.kernel)$")
-
-
-def compute_params(params, dtype: str):
-    """``params`` with the compute-dtype matmul kernels pre-cast (no-op for float32)."""
-    if jnp.dtype(dtype) == jnp.float32:
-        return params
-    return Pm.fill(params, lambda name, x: x.astype(dtype) if _COMPUTE_KERNELS.match(name) else x)
-
 
 def batch_shardings(batch_spec: dict, mesh) -> dict:
     """(A, B/A, ...) arrays: replicated on the micro-batch axis, batch over (data, fsdp)."""
@@ -56,7 +41,7 @@ def make_train_step(graphdef, *, objective_cfg, runtime: Runtime, optimizer: opt
     param_sh = state_sh["params"]
 
     def micro_loss(params, mb, key):
-        model = nnx.merge(graphdef, compute_params(params, runtime.dtype))
+        model = nnx.merge(graphdef, params)
         return objective.loss(model, mb, key, chunk=chunk, keep=keep, history=ob.history, t_mean=ob.t_mean,
                               t_std=ob.t_std, shift=ob.shift, i2v=ob.i2v, runtime=runtime)
 
