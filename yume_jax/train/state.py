@@ -179,7 +179,7 @@ def checkpoint_params(path: str, dit: DiTConfig, seed: int, shardings) -> tuple[
             arr = np.stack([src.read(n) for n in names]) if Pm.is_stacked(name) else src.read(name)
             if tuple(arr.shape) != tuple(leaf.shape):
                 raise ConversionError(f"shape {arr.shape}, model expects {leaf.shape}", file=src.path, key=names[0])
-            return jax.device_put(np.asarray(arr, np.float32), flat_sh[name])
+            return _place(np.asarray(arr, np.float32), flat_sh[name])
         if any(n in have for n in names):
             raise ConversionError("checkpoint holds only some layers of this parameter", file=src.path, key=name)
         m = re.fullmatch(r"history_embedding\.x(\w+)\.(kernel|bias)", name)
@@ -189,14 +189,19 @@ def checkpoint_params(path: str, dit: DiTConfig, seed: int, shardings) -> tuple[
                 base_k = np.asarray(src.read("patch_embedding.kernel"), np.float32)
                 base_b = np.asarray(src.read("patch_embedding.bias"), np.float32)
             k, b = memory.init_history_from_base(base_k, base_b, m.group(1))
-            return jax.device_put(k if m.group(2) == "kernel" else b, flat_sh[name])
+            return _place(k if m.group(2) == "kernel" else b, flat_sh[name])
         return leaf
 
     return Pm.fill(fresh, get), created
 
 
+def _place(arr: np.ndarray, sharding) -> jax.Array:
+    """A host array as a global array: each process puts only the slices its devices hold."""
+    return jax.make_array_from_callback(arr.shape, sharding, lambda idx: arr[idx])
+
+
 def init_state(params, optimizer, seed: int, shardings, ema: bool) -> dict:
-    """Optimizer state initialised in its shards next to ``params``."""
+    """Optimizer state initialised in its shards next to ``params`` (whose buffers are donated)."""
     def make(p):
         st = {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": optimizer.init(p),
               "rng": jax.random.key_data(jax.random.key(seed))}
@@ -204,4 +209,4 @@ def init_state(params, optimizer, seed: int, shardings, ema: bool) -> dict:
             st["ema"] = jax.tree.map(jnp.copy, p)
         return st
 
-    return jax.jit(make, out_shardings=shardings)(params)
+    return jax.jit(make, out_shardings=shardings, donate_argnums=0)(params)
