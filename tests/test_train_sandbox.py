@@ -2,9 +2,10 @@
 them with the stand-in encoder through the Grain pipeline and trains tiny-yume (2 layers, compressed
 history, I2V channels, MVDT) for 200 steps: the loss falls, metrics reach metrics.jsonl and TensorBoard
 event files, the resolved config is saved next to the checkpoints, and one step variant is compiled.
+The same trainer reads a latent dataset written by the latent builder (``--data.source=latents``).
 
 Every sample is the image-to-video variant here (history = the first frame repeated, one latent frame),
-so the shapes never change and the test compiles once; the MVDT ratio is random (one kept-token bucket
+so the shapes never change and each run compiles once; the MVDT ratio is random (one kept-token bucket
 for this token count)."""
 from __future__ import annotations
 
@@ -98,3 +99,7 @@ def test_latent_dataset_source(tmp_path):
                         "--data.source=latents", f"--data.path={rep.path}"], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 2 and "holds no image features" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "train.train", "--config", "tiny-sandbox", f"--workdir={tmp_path / 'y'}",
+                        f"--data.path={tmp_path / 'empty'}", "--data.generate=0"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "config error: --data: --data.path=" in r.stderr and "holds no clips" in r.stderr

@@ -100,16 +100,16 @@ class Trainer:
 
         # data (sandbox clips are rendered by process 0 if asked to); shapes checked before any compile
         path = Path(cfg.data.path).absolute() if cfg.data.path else self.run_dir / "world"
-        if cfg.data.source == "sandbox":
-            if self.is_main:
-                data_lib.ensure_world(path, cfg)
-            self._barrier("world")
         try:
+            if cfg.data.source == "sandbox":
+                if self.is_main:
+                    data_lib.ensure_world(path, cfg)
+                self._barrier("world")
             self.shapes = data_lib.describe(cfg, self.dit, path)
-        except ValueError as e:
-            raise tc.ConfigError(str(e)) from None
+            self.dataset = data_lib.dataset(cfg, self.dit, self.local_batch, self.shard_index, self.shard_count, path)
+        except (ValueError, OSError) as e:  # no clips, wrong dataset, shapes that do not fit the model
+            raise tc.ConfigError(f"--data: {e}") from None
         self.chunk, self.latent_hw = self.shapes.chunk, self.shapes.latent_hw
-        self.dataset = data_lib.dataset(cfg, self.dit, self.local_batch, self.shard_index, self.shard_count, path)
 
         # optimizer, abstract state, shardings (no compile yet)
         self.optimizer, self.schedule = state_lib.make_optimizer(cfg.optim, cfg.steps)
