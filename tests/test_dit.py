@@ -179,3 +179,16 @@ def test_auto_backend_resolution(monkeypatch):
     assert A.resolve("auto", jnp.bfloat16) == "splash"
     with pytest.raises(ValueError, match="cudnn attention needs"):
         A.attention(jnp.zeros((1, 4, 1, 8)), jnp.zeros((1, 4, 1, 8)), jnp.zeros((1, 4, 1, 8)), "cudnn")
+
+
+def test_cudnn_key_padding_is_exact():
+    """The cuDNN path pads K/V to a multiple of 64 and masks the padding: same attention (checked
+    through the same code with the XLA implementation, which runs on CPU)."""
+    from yume_jax.models.attention import _cudnn, reference_attention
+
+    k1, k2, k3 = jax.random.split(jax.random.key(2), 3)
+    q = jax.random.normal(k1, (2, 50, 2, 16))
+    k = jax.random.normal(k2, (2, 257, 2, 16))
+    v = jax.random.normal(k3, (2, 257, 2, 16))
+    out = _cudnn(q, k, v, implementation="xla")
+    assert rel_l2(np.asarray(out), np.asarray(reference_attention(q, k, v))) <= 1e-5

@@ -57,8 +57,22 @@ def _xla(q, k, v):
     return out.swapaxes(0, 1).reshape(q.shape[0], nb * XLA_QUERY_BLOCK, *q.shape[2:])[:, :lq]
 
 
-def _cudnn(q, k, v):
-    return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+CUDNN_KV_MULTIPLE = 64  # cuDNN's flash backward rejects some key lengths (e.g. CLIP's 257): pad and mask
+
+
+def pad_keys(k, v, multiple: int):
+    """K/V padded on the sequence axis to a multiple, and the true lengths (B,) for masking."""
+    lk = k.shape[1]
+    pad = (-lk) % multiple
+    if not pad:
+        return k, v, None
+    widths = ((0, 0), (0, pad), (0, 0), (0, 0))
+    return jnp.pad(k, widths), jnp.pad(v, widths), jnp.full((k.shape[0],), lk, jnp.int32)
+
+
+def _cudnn(q, k, v, implementation="cudnn"):
+    k, v, lengths = pad_keys(k, v, CUDNN_KV_MULTIPLE)
+    return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation=implementation)
 
 
 def _splash(q, k, v, block: int = 128):
