@@ -53,6 +53,13 @@ def _mesh(text: str) -> dict[str, int]:
     return out
 
 
+def _times(times: list[float]) -> dict:
+    import numpy as np
+    med = float(np.median(times))
+    return {"median_ms": round(1e3 * med, 2), "min_ms": round(1e3 * min(times), 2),
+            "max_ms": round(1e3 * max(times), 2), "steps_per_s": round(1 / med, 4)}
+
+
 def _versions():
     import jax
     dev = jax.devices()[0]
@@ -133,11 +140,11 @@ def run_jax(a) -> dict:
     stats = jax.devices()[0].memory_stats() or {}
     mem = max((d.memory_stats() or {}).get("peak_bytes_in_use", 0) for d in jax.local_devices())
     nparams = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract["params"]))
-    return {"impl": "jax", "case": a.case, "model": model, "layers": dit.num_layers, "params_b": round(nparams / 1e9, 3),
-            "latent": f"{f}x{h}x{w}", "chunk": chunk, "tokens": tokens, "mvdt_keep": keep, "batch": batch,
+    return {"impl": "jax", "case": a.case, "model": model, "layers": dit.num_layers,
+            "params_b": round(nparams / 1e9, 3), "latent": f"{f}x{h}x{w}", "chunk": chunk, "tokens": tokens,
+            "mvdt_keep": keep, "batch": batch,
             "mesh": mesh_shape, "dtype": cfg.runtime.dtype, "remat": cfg.runtime.remat,
-            "median_ms": round(1e3 * med, 2), "min_ms": round(1e3 * min(times), 2), "max_ms": round(1e3 * max(times), 2),
-            "steps_per_s": round(1 / med, 4), "samples_per_s": round(batch / med, 4),
+            **_times(times), "samples_per_s": round(batch / med, 4),
             "tokens_per_s": round(batch * tokens / med, 1),
             "model_tflops_per_s_per_device": round(flops / med / n / 1e12, 2),
             "mfu": round(flops / med / (n * peak * 1e12), 4) if peak else None,
@@ -220,8 +227,7 @@ def run_torch(a) -> dict:
     return {"impl": "torch-diffusers", "case": a.case, "model": model, "layers": dit.num_layers,
             "latent": f"{f}x{h}x{w}", "tokens": tokens, "batch": b, "dtype": str(amp).split(".")[-1],
             "remat": "checkpointing",
-            "median_ms": round(1e3 * med, 2), "min_ms": round(1e3 * min(times), 2), "max_ms": round(1e3 * max(times), 2),
-            "steps_per_s": round(1 / med, 4), "samples_per_s": round(b / med, 4), "tokens_per_s": round(tokens / med, 1),
+            **_times(times), "samples_per_s": round(b / med, 4), "tokens_per_s": round(tokens / med, 1),
             "model_tflops_per_s_per_device": round(flops / med / 1e12, 2),
             "mfu": round(flops / med / (peak * 1e12), 4) if peak else None,
             "peak_gib": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if dev == "cuda" else None,

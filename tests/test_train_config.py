@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # ---------------------------------------------------------------------------------------------- configs
 
 def test_overrides_nested_and_json_round_trip(tmp_path):
-    cfg = tc.resolve("tiny-sandbox", ["--optim.lr=3e-4", "--mesh.fsdp=2", "--mesh.tensor=-1", "--model.dit.num_layers=2",
-                                      "--data.raw.history_buckets=0,8", "--data.history_latents=(1, 2)",
-                                      "--objective.mvdt=false", "--optim.decay_steps=none", "--runtime.dtype=bfloat16",
+    cfg = tc.resolve("tiny-sandbox", ["--optim.lr=3e-4", "--mesh.fsdp=2", "--mesh.tensor=-1",
+                                      "--model.dit.num_layers=2", "--data.raw.history_buckets=0,8",
+                                      "--data.history_latents=(1, 2)", "--objective.mvdt=false", "--optim.decay_steps=none", "--runtime.dtype=bfloat16",
                                       "--dist.auto=false", "--model.init=none"])
     assert cfg.optim.lr == 3e-4 and cfg.mesh.fsdp == 2 and cfg.mesh.tensor == -1
     assert cfg.dit_config().num_layers == 2 and cfg.raw_config().history_buckets == (0, 8)
@@ -293,7 +293,8 @@ def test_init_from_wan_checkpoint(tmp_path):
     dit = model_presets.get("tiny-yume", num_layers=2)
     mesh = sharding.make_mesh({"fsdp": 1}, devices=jax.devices()[:1])
     _, abstract = state_lib.graphdef_and_abstract(dit)
-    params, created = state_lib.checkpoint_params(str(tmp_path / "wan"), dit, 0, state_lib.param_shardings(abstract, mesh))
+    shardings = state_lib.param_shardings(abstract, mesh)
+    params, created = state_lib.checkpoint_params(str(tmp_path / "wan"), dit, 0, shardings)
     flat = {k: np.asarray(v) for k, v in Pm.flatten(params).items()}
     src = {k: np.asarray(v) for k, v in Pm.flatten(nnx.state(wan)).items()}
     for k, v in src.items():

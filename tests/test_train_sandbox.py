@@ -87,7 +87,7 @@ def test_latent_dataset_source(tmp_path):
     rep = latents.encode_dataset(sekai.read(root), tmp_path / "lat", video, text, raw, samples_per_clip=2,
                                  progress=False)
     run = tmp_path / "run"
-    err = _train(run, f"--data.source=latents", f"--data.path={rep.path}", "--model.dit.image_dim=none",
+    err = _train(run, "--data.source=latents", f"--data.path={rep.path}", "--model.dit.image_dim=none",
                  "--steps=12", "--log_every=4", "--checkpoint.every=6", "--data.log_samples=true")
     assert "done: step 12, 1 compiled step variants" in err
     recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

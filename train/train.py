@@ -65,7 +65,8 @@ def _data_shard(mesh, micro: int) -> tuple[int, int, int]:
     lo, hi = mine[0][0], mine[-1][1]
     rows = hi - lo
     if micro % rows or lo % rows:
-        raise tc.ConfigError(f"process {jax.process_index()} holds batch rows [{lo}, {hi}) of {micro}: not an even split")
+        raise tc.ConfigError(f"process {jax.process_index()} holds batch rows [{lo}, {hi}) of {micro}: "
+                             "not an even split")
     return lo // rows, micro // rows, rows
 
 

@@ -81,8 +81,8 @@ class StandInEncoder:
         b, c, h, w = frames.shape
         g = self.grid
         ys, xs = np.linspace(0, h, g + 1).astype(int), np.linspace(0, w, g + 1).astype(int)
-        cells = np.stack([frames[:, :, ys[i]:max(ys[i + 1], ys[i] + 1), xs[j]:max(xs[j + 1], xs[j] + 1)].mean(axis=(2, 3))
-                          for i in range(g) for j in range(g)], axis=1)  # (B, g*g, 3)
+        cells = np.stack([frames[:, :, ys[i]:max(ys[i + 1], ys[i] + 1), xs[j]:max(xs[j + 1], xs[j] + 1)]
+                          .mean(axis=(2, 3)) for i in range(g) for j in range(g)], axis=1)  # (B, g*g, 3)
         tok = np.concatenate([frames.mean(axis=(2, 3))[:, None], cells], axis=1)
         return (tok @ self.img_proj + self.img_pos).astype(np.float32)
 
@@ -203,7 +203,8 @@ def ensure_world(path: Path, cfg) -> Path:
     return path
 
 
-def dataset(cfg, dit, batch_size: int, shard_index: int, shard_count: int, path: Path | None = None) -> grain.IterDataset:
+def dataset(cfg, dit, batch_size: int, shard_index: int, shard_count: int,
+            path: Path | None = None) -> grain.IterDataset:
     """The batches of this process (``batch_size`` = its share of one optimizer step)."""
     from yume_jax.data import sekai
     d = cfg.data

@@ -24,6 +24,7 @@ from yume_jax import sharding
 from yume_jax.models.config import Runtime
 from yume_jax.train import objective
 
+
 def batch_shardings(batch_spec: dict, mesh) -> dict:
     """(A, B/A, ...) arrays: replicated on the micro-batch axis, batch over (data, fsdp)."""
     out = {}
@@ -54,17 +55,16 @@ def make_train_step(graphdef, *, objective_cfg, runtime: Runtime, optimizer: opt
             accum = jax.tree.leaves(batch)[0].shape[0]
 
             def one(i, mb):
-                (l, aux), g = grad_fn(params, mb, jax.random.fold_in(key, i))
+                (loss, aux), g = grad_fn(params, mb, jax.random.fold_in(key, i))
                 g = jax.lax.with_sharding_constraint(g, param_sh)
-                return l, aux, g
+                return loss, aux, g
 
             if accum == 1:
                 loss, aux, grads = one(0, jax.tree.map(lambda x: x[0], batch))
             else:
                 def body(carry, xs):
                     i, mb = xs
-                    l, a, g = one(i, mb)
-                    acc = jax.tree.map(jnp.add, carry, (l, a, g))
+                    acc = jax.tree.map(jnp.add, carry, one(i, mb))
                     return acc, None
 
                 zero = jax.tree.map(jnp.zeros_like, (jnp.zeros((), jnp.float32),
@@ -83,20 +83,3 @@ def make_train_step(graphdef, *, objective_cfg, runtime: Runtime, optimizer: opt
 
     rep = NamedSharding(mesh, P())
     return jax.jit(step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep), donate_argnums=(0,))
-
-
-class StepCache:
-    """Compiled steps keyed by the static (chunk, keep); counts compilations (bounded by the buckets)."""
-
-    def __init__(self, factory: Callable[[int, int | None], Callable]):
-        self.factory = factory
-        self.steps: dict = {}
-
-    def __call__(self, chunk: int, keep: int | None, batch_shapes: tuple) -> Callable:
-        k = (chunk, keep, batch_shapes)
-        if k not in self.steps:
-            self.steps[k] = self.factory(chunk, keep)
-        return self.steps[k]
-
-    def __len__(self):
-        return len(self.steps)
