@@ -207,8 +207,9 @@ def test_loss_is_chunk_mse_of_both_passes(tiny_yume, history):
 
 
 def test_bf16_compute(tiny_yume):
-    """bf16 compute with float32 master weights against float32 compute: loss within 1e-2 relative,
-    gradients within 5e-2 relative L2 (tiny-yume, both MVDT passes); gradients stay float32."""
+    """bf16 compute with float32 master weights against float32 compute: loss within 1e-3 relative,
+    gradients within 2e-2 relative L2 (measured 4.9e-5 and 7.5e-3; tiny-yume, both MVDT passes);
+    gradients stay float32."""
     graphdef, params = nnx.split(tiny_yume)
     params = nnx.to_pure_dict(params)
     rng = np.random.default_rng(3)
@@ -224,9 +225,9 @@ def test_bf16_compute(tiny_yume):
     l32, g32 = jax.device_get(f(params, "float32"))
     lb, gb = jax.device_get(f(params, "bfloat16"))
     assert all(x.dtype == np.float32 for x in jax.tree.leaves(gb))
-    assert abs(lb - l32) <= 1e-2 * abs(l32) and lb != l32
+    assert abs(lb - l32) <= 1e-3 * abs(l32) and lb != l32
     a, b = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)]) for g in (gb, g32))
-    assert np.linalg.norm(a - b) <= 5e-2 * np.linalg.norm(b)
+    assert np.linalg.norm(a - b) <= 2e-2 * np.linalg.norm(b)
 
 
 def test_keep_for_step_buckets():
