@@ -224,7 +224,9 @@ def run_torch(a) -> dict:
     fw = mt.forward_flops(dit, f, h, w, chunk, text_len, img_tokens if dit.image_dim else 0, None)
     peak = a.peak_tflops or (mt.peak_tflops(torch.cuda.get_device_name()) if dev == "cuda" else None)
     flops = b * mt.train_flops(fw)
+    nparams = sum(p.numel() for p in m.parameters())  # no Yume extras (side block, history embeddings)
     return {"impl": "torch-diffusers", "case": a.case, "model": model, "layers": dit.num_layers,
+            "params_b": round(nparams / 1e9, 3),
             "latent": f"{f}x{h}x{w}", "tokens": tokens, "batch": b, "dtype": str(amp).split(".")[-1],
             "remat": "checkpointing",
             **_times(times), "samples_per_s": round(b / med, 4), "tokens_per_s": round(tokens / med, 1),
