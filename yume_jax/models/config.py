@@ -56,11 +56,9 @@ class DiTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiTConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown DiT config keys: {unknown}")
-        return cls(**d)
+        from yume_jax.configlib import from_dict
+
+        return from_dict(cls, d, "DiT")
 
     def replace(self, **kw) -> "DiTConfig":
         return dataclasses.replace(self, **kw)

@@ -97,11 +97,9 @@ class SamplerConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SamplerConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown sampler config keys: {unknown}")
-        return cls(**d)
+        from yume_jax.configlib import from_dict
+
+        return from_dict(cls, d, "sampler")
 
 
 PRESETS = {

@@ -91,11 +91,9 @@ class VAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VAEConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown VAE config keys: {unknown}")
-        return cls(**d)
+        from yume_jax.configlib import from_dict
+
+        return from_dict(cls, d, "VAE")
 
     # diffusers AutoencoderKLWan config.json <-> VAEConfig
     DIFFUSERS_IGNORED = ("_class_name", "_diffusers_version", "_name_or_path", "dropout", "clip_output")
