@@ -20,11 +20,9 @@ class _Config:
 
     @classmethod
     def from_dict(cls, d: dict):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} keys: {unknown}")
-        return cls(**d)
+        from yume_jax.configlib import from_dict
+
+        return from_dict(cls, d, cls.__name__)
 
     def replace(self, **kw):
         return dataclasses.replace(self, **kw)

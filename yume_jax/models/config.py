@@ -58,7 +58,7 @@ class DiTConfig:
     def from_dict(cls, d: dict) -> "DiTConfig":
         from yume_jax.configlib import from_dict
 
-        return from_dict(cls, d, "DiT")
+        return from_dict(cls, d, "DiT config")
 
     def replace(self, **kw) -> "DiTConfig":
         return dataclasses.replace(self, **kw)

@@ -15,25 +15,31 @@ import numpy as np
 STACKED_PREFIXES = ("blocks.",)
 
 
-def _name(path) -> str:
+def path_name(path, attrs: bool = False) -> str:
+    """Dotted name of a pytree key path. Attribute keys (an NNX Variable's ``value``) are dropped
+    unless ``attrs`` (optax states name their moments ``mu``/``nu`` by attribute)."""
     parts = []
     for p in path:
         if isinstance(p, jax.tree_util.DictKey):
             parts.append(str(p.key))
         elif isinstance(p, jax.tree_util.SequenceKey):
             parts.append(str(p.idx))
+        elif isinstance(p, jax.tree_util.FlattenedIndexKey):
+            parts.append(str(p.key))
+        elif attrs and isinstance(p, jax.tree_util.GetAttrKey):
+            parts.append(str(p.name))
     return ".".join(parts)
 
 
 def flatten(tree) -> dict[str, object]:
     """{dotted name: leaf} of an NNX state (or any dict pytree)."""
-    return {_name(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {path_name(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def fill(tree, get: Callable[[str, object], object]):
     """A copy of ``tree`` whose leaves are ``get(name, old_leaf)``."""
     leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    return jax.tree_util.tree_unflatten(treedef, [get(_name(p), leaf) for p, leaf in leaves])
+    return jax.tree_util.tree_unflatten(treedef, [get(path_name(p), leaf) for p, leaf in leaves])
 
 
 def is_stacked(name: str) -> bool:

@@ -72,13 +72,18 @@ class MLP(nnx.Module):
         return self.fc2(self.act(self.fc1(x, dtype)), dtype)
 
 
-class SelfAttention(nnx.Module):
+class _Attention(nnx.Module):
+    """q, k, v, o projections and the q/k RMS norms over all heads, shared by both attentions."""
+
     def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs, param_dtype=F32):
         d = cfg.dim
         self.num_heads = cfg.num_heads
         self.q, self.k, self.v, self.o = (Linear(d, d, rngs=rngs, param_dtype=param_dtype) for _ in range(4))
         self.norm_q = RMSNorm(d, cfg.eps, param_dtype=param_dtype) if cfg.qk_norm else None
         self.norm_k = RMSNorm(d, cfg.eps, param_dtype=param_dtype) if cfg.qk_norm else None
+
+
+class SelfAttention(_Attention):
 
     def __call__(self, x, cos, sin, rt: Runtime):
         b, l, d = x.shape
@@ -93,13 +98,10 @@ class SelfAttention(nnx.Module):
         return self.o(y, rt.dtype)
 
 
-class CrossAttention(nnx.Module):
+class CrossAttention(_Attention):
     def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs, param_dtype=F32):
+        super().__init__(cfg, rngs=rngs, param_dtype=param_dtype)
         d = cfg.dim
-        self.num_heads = cfg.num_heads
-        self.q, self.k, self.v, self.o = (Linear(d, d, rngs=rngs, param_dtype=param_dtype) for _ in range(4))
-        self.norm_q = RMSNorm(d, cfg.eps, param_dtype=param_dtype) if cfg.qk_norm else None
-        self.norm_k = RMSNorm(d, cfg.eps, param_dtype=param_dtype) if cfg.qk_norm else None
         if cfg.image_dim is not None:
             self.k_img = Linear(d, d, rngs=rngs, param_dtype=param_dtype)
             self.v_img = Linear(d, d, rngs=rngs, param_dtype=param_dtype)

@@ -99,7 +99,7 @@ class SamplerConfig:
     def from_dict(cls, d: dict) -> "SamplerConfig":
         from yume_jax.configlib import from_dict
 
-        return from_dict(cls, d, "sampler")
+        return from_dict(cls, d, "sampler config")
 
 
 PRESETS = {

@@ -74,18 +74,6 @@ def param_shardings(abstract_params, mesh) -> dict:
     return Pm.fill(abstract_params, lambda name, leaf: sh[name])
 
 
-def _path_name(path) -> str:
-    parts = []
-    for p in path:
-        if isinstance(p, jax.tree_util.DictKey):
-            parts.append(str(p.key))
-        elif isinstance(p, jax.tree_util.SequenceKey):
-            parts.append(str(p.idx))
-        elif isinstance(p, jax.tree_util.GetAttrKey):
-            parts.append(str(p.name))
-        elif isinstance(p, jax.tree_util.FlattenedIndexKey):
-            parts.append(str(p.key))
-    return ".".join(parts)
 
 
 def tree_shardings_like_params(tree, param_sh: dict, mesh):
@@ -97,7 +85,7 @@ def tree_shardings_like_params(tree, param_sh: dict, mesh):
     replicated = NamedSharding(mesh, P())
 
     def pick(path, leaf):
-        full = _path_name(path)
+        full = Pm.path_name(path, attrs=True)
         for n in names:
             if full == n or full.endswith("." + n):
                 s = flat_p[n]

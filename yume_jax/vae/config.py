@@ -93,7 +93,7 @@ class VAEConfig:
     def from_dict(cls, d: dict) -> "VAEConfig":
         from yume_jax.configlib import from_dict
 
-        return from_dict(cls, d, "VAE")
+        return from_dict(cls, d, "VAE config")
 
     # diffusers AutoencoderKLWan config.json <-> VAEConfig
     DIFFUSERS_IGNORED = ("_class_name", "_diffusers_version", "_name_or_path", "dropout", "clip_output")
