@@ -74,8 +74,6 @@ def param_shardings(abstract_params, mesh) -> dict:
     return Pm.fill(abstract_params, lambda name, leaf: sh[name])
 
 
-
-
 def tree_shardings_like_params(tree, param_sh: dict, mesh):
     """Shardings for a pytree whose leaves mirror parameters (optimizer moments, EMA): a leaf whose
     path ends with a parameter's name and has its shape gets that parameter's sharding; scalars and
