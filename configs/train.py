@@ -508,10 +508,6 @@ def validate(cfg: TrainConfig) -> None:
     _check(d.source in ("sandbox", "latents", "synthetic"),
            f"--data.source must be sandbox, latents or synthetic, got {d.source!r}")
     _check(d.source != "latents" or d.path, "--data.source=latents needs --data.path=<latent dataset dir>")
-    _check(d.source != "latents" or dit.image_dim is None,
-           f"--data.source=latents: the latent dataset holds no image features but {cfg.model.preset} has image "
-           "cross-attention (image_dim); use a model without it (e.g. --model.dit.image_dim=none) or the sandbox "
-           "source")
     try:
         raw = cfg.raw_config()
     except KeyError:

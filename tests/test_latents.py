@@ -209,8 +209,8 @@ def test_reader_resume_in_new_process(built, tmp_path, workers):
 
 def test_cli_with_real_tiny_models(raw_root, tmp_path):
     """python -m train.build_latents end to end with the project's tiny Wan VAE and umT5 (random weights,
-    written as a diffusers directory and a converted checkpoint): latents are the VAE's encoding of the
-    sample's video, text the encoder's output for its prompts."""
+    written as a diffusers directory and a converted checkpoint) and CLIP: latents are the VAE's encoding of the
+    sample's video, text the encoder's output for its prompts, image the CLIP features of its first frame."""
     import torch
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -225,10 +225,18 @@ def test_cli_with_real_tiny_models(raw_root, tmp_path):
     UMT5EncoderModel(UMT5Config(vocab_size=389, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4)).eval() \
         .save_pretrained(tmp_path / "t5_hf")
     assert convert_main([str(tmp_path / "t5_hf"), str(tmp_path / "t5"), "--no-progress"]) == 0
+    from flax import nnx
+
+    from yume_jax.convert.core import save_module
+    from yume_jax.encoders import ImageEncoder
+    from yume_jax.encoders import get as enc_get
+    ie = ImageEncoder.random(enc_get("tiny-clip"), seed=1)
+    save_module(tmp_path / "clip", "clip", ie.config.to_dict(), nnx.merge(ie.graphdef, ie.params))
     out = tmp_path / "lat"
     # chunks of 5 frames, histories of 0 or 4 frames: two video lengths, so two VAE compilations
     args = ["--data", str(raw_root), "--vae", str(tmp_path / "vae"), "--vae-dtype", "float32",
-            "--text-encoder", str(tmp_path / "t5"), "--out", str(out), "--preset", "tiny", "--chunk-frames", "5",
+            "--text-encoder", str(tmp_path / "t5"), "--image-encoder", str(tmp_path / "clip"), "--out", str(out),
+            "--preset", "tiny", "--chunk-frames", "5",
             "--seed", "3", "--max-samples", "2"]
     cfg = CFG.replace(chunk_frames=5)
     assert build_latents.main(args) == 0 and not (out / "yume_latents").exists()  # stopped, resumable
@@ -252,8 +260,13 @@ def test_cli_with_real_tiny_models(raw_root, tmp_path):
         assert len(plain.encode()) < len(e["text"]) < len(e["text_speed"])  # ByT5: one token per byte, plus EOS
         np.testing.assert_allclose(e["text"], t[0, :len(e["text"])], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(e["text_speed"], t[1, :len(e["text_speed"])], rtol=1e-5, atol=1e-5)
+        frame = np.round((s["video"][:, 0] + 1) * 127.5).clip(0, 255).astype(np.uint8).transpose(1, 2, 0)
+        img = np.asarray(ie.encode(frame[None]))[0]
+        assert e["image"].shape == img.shape == (ie.config.num_tokens, ie.config.dim)
+        np.testing.assert_allclose(e["image"], img, rtol=1e-5, atol=1e-5)
     # the reader serves them as training batches
     b = next(iter(L.latent_dataset(path, pl.LoaderConfig(seed=0), 0.65, 0, 1)))
     assert b["latents"].shape[1] == 16 and b["text"].shape == (1, 512, 32)
+    assert b["image"].shape == (1, ie.config.num_tokens, ie.config.dim)
     assert build_latents.main(["--data", str(tmp_path / "nothing"), "--vae", "x", "--text-encoder", "y",
                                "--out", str(out)]) == 2

@@ -77,28 +77,32 @@ def test_tiny_sandbox_loss_falls(tmp_path):
 
 
 def test_latent_dataset_source(tmp_path):
-    """--data.source=latents reads a dataset written by the latent builder (here with its stand-in encoders)
-    through the same trainer; a model with image cross-attention is refused before anything compiles."""
+    """--data.source=latents reads a dataset written by the latent builder (here with its stand-in encoders and
+    CLIP-like image features) through the same trainer, for the I2V model with image cross-attention; a dataset
+    without image features is refused for that model before anything compiles."""
     from yume_jax.data import latents, pipeline, sekai, world
+    from yume_jax.train import data as data_lib
     root = world.write_dataset(tmp_path / "world", 3, 5, "yume", cfg=world.PRESETS["tiny"], num_frames=60,
                                min_clip_frames=12)
     raw = pipeline.RAW_PRESETS["tiny"].replace(i2v_prob=1.0)
     video, text = latents.stand_in_encoders(z_dim=16, text_dim=32, text_len=16)
+    image = data_lib.StandInEncoder(16, (4, 8, 8), text_dim=32, text_len=16, image_dim=48, image_tokens=17).image
     rep = latents.encode_dataset(sekai.read(root), tmp_path / "lat", video, text, raw, samples_per_clip=2,
-                                 progress=False)
+                                 progress=False, image_encoder=image)
     run = tmp_path / "run"
-    err = _train(run, "--data.source=latents", f"--data.path={rep.path}", "--model.dit.image_dim=none",
+    err = _train(run, "--data.source=latents", f"--data.path={rep.path}",
                  "--steps=12", "--log_every=4", "--checkpoint.every=6", "--data.log_samples=true")
     assert "done: step 12, 1 compiled step variants" in err
     recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in recs] == list(range(1, 13)) and all(np.isfinite(x["loss"]) for x in recs)
     items = [i for x in (run / "samples.p0.jsonl").read_text().splitlines() for i in json.loads(x)["item"]]
     assert len(items) == 24 and set(items) <= set(range(rep.examples))
+    plain = latents.encode_dataset(sekai.read(root), tmp_path / "lat_plain", video, text, raw, progress=False)
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
     r = subprocess.run([sys.executable, "-m", "train.train", "--config", "tiny-sandbox", f"--workdir={tmp_path / 'x'}",
-                        "--data.source=latents", f"--data.path={rep.path}"], cwd=ROOT, env=env, capture_output=True,
+                        "--data.source=latents", f"--data.path={plain.path}"], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=300)
-    assert r.returncode == 2 and "holds no image features" in r.stderr
+    assert r.returncode == 2 and "holds no image features" in r.stderr and "--image-encoder" in r.stderr
     r = subprocess.run([sys.executable, "-m", "train.train", "--config", "tiny-sandbox", f"--workdir={tmp_path / 'y'}",
                         f"--data.path={tmp_path / 'empty'}", "--data.generate=0"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)

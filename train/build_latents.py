@@ -1,11 +1,12 @@
 """Encode Sekai/Yume-layout clips into the latent dataset (ArrayRecord via TFDS) that large training runs read.
 
     python -m train.build_latents --data DIR --vae VAE_CKPT --text-encoder T5_CKPT --out OUT \\
-        [--layout sekai|yume] [--preset yume|sandbox|tiny] [--samples-per-clip K] [--seed S] [--dtype bfloat16]
+        [--image-encoder CLIP_CKPT] [--layout sekai|yume] [--preset yume|sandbox|tiny] [--samples-per-clip K] [--seed S] [--dtype bfloat16]
 
 Runs the raw-clip sampling of :mod:`yume_jax.data.pipeline` (chunk + history, I2V with p = 0.4), encodes each
 video with ``yume_jax.load_vae(VAE_CKPT).encode`` and both prompts (without / with the speed sentence) with
-``yume_jax.load_text_encoder(T5_CKPT).encode``, and writes ``OUT/<name>/1.0.0/``. Interrupted? Run the same
+``yume_jax.load_text_encoder(T5_CKPT).encode``, with ``--image-encoder`` the CLIP features of each sample's
+first frame (``yume_jax.load_image_encoder(CLIP_CKPT).encode``; needed to train I2V models), and writes ``OUT/<name>/1.0.0/``. Interrupted? Run the same
 command again: finished samples are kept in ``OUT/_work`` and not encoded twice. Read the result with
 ``yume_jax.data.latents.latent_dataset(OUT/<name>/1.0.0)``.
 """
@@ -31,7 +32,15 @@ def _encoders(args):
     def text(texts):
         return np.asarray(te.encode(list(texts)), np.float32)
 
-    return video, text
+    image = None
+    if args.image_encoder:
+        ie = yume_jax.load_image_encoder(args.image_encoder)
+
+        def image(frames):  # (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3), as the explorer feeds CLIP
+            px = np.clip(np.round((np.asarray(frames, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+            return np.asarray(ie.encode(px.transpose(0, 2, 3, 1)), np.float32)
+
+    return video, text, image
 
 
 def main(argv=None) -> int:
@@ -43,6 +52,7 @@ def main(argv=None) -> int:
     ap.add_argument("--vae", required=True, help="VAE checkpoint (converted, Wan .pth or diffusers directory)")
     ap.add_argument("--vae-dtype", default="bfloat16", choices=["float32", "bfloat16"])
     ap.add_argument("--text-encoder", required=True, help="converted umT5 checkpoint")
+    ap.add_argument("--image-encoder", help="converted CLIP checkpoint: store image features (I2V models)")
     ap.add_argument("--tokenizer-dir", help="umT5 tokenizer directory (default: <text-encoder>/tokenizer)")
     ap.add_argument("--tokenizer", choices=["umt5", "byt5", "none"], help="override the checkpoint's tokenizer")
     ap.add_argument("--out", required=True, type=Path)
@@ -69,13 +79,18 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(data.report(), file=sys.stderr)
-    video, text = _encoders(args)
+    try:
+        video, text, image = _encoders(args)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     ident = json.dumps({"vae": str(Path(args.vae).resolve()), "vae_dtype": args.vae_dtype,
-                        "text_encoder": str(Path(args.text_encoder).resolve()), "tokenizer": args.tokenizer})
+                        "text_encoder": str(Path(args.text_encoder).resolve()), "tokenizer": args.tokenizer,
+                        "image_encoder": str(Path(args.image_encoder).resolve()) if args.image_encoder else None})
     try:
         rep = latents.encode_dataset(data, args.out, video, text, cfg, samples_per_clip=args.samples_per_clip,
                                      seed=args.seed, dtype=args.dtype, name=args.name, encoders=ident,
-                                     keep_cache=args.keep_cache, max_samples=args.max_samples)
+                                     keep_cache=args.keep_cache, max_samples=args.max_samples, image_encoder=image)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -11,6 +11,8 @@ Each example is one raw sample (:class:`yume_jax.data.pipeline.RawSample`; clip 
 - ``text`` / ``text_speed`` (L, D): the text encoder's output for the prompt without / with the speed
   sentence, trailing all-zero rows removed (restored to ``text_len`` rows on read), so the reader can
   draw the speed sentence with p = 0.65 per epoch; ``prompt`` / ``prompt_speed``: the texts;
+- ``image`` (N, D), only when built with an image encoder: CLIP features of the sample's first frame (the
+  I2V image, or the oldest history frame), the image cross-attention input of Wan/Yume I2V models;
 - ``action``, ``i2v``, ``speed`` (3,), ``clip`` (name), ``start``, ``sample_id``.
 
 The I2V variant is drawn at build time (it changes the video the VAE sees). Encoding is resumable:
@@ -39,6 +41,7 @@ VERSION = "1.0.0"
 DTYPES = ("float32", "bfloat16")  # bfloat16 is stored as its uint16 bit pattern
 VideoEncoder = Callable[[np.ndarray], np.ndarray]  # (B, 3, T, H, W) in [-1, 1] -> (B, z, t, h, w)
 TextEncoderFn = Callable[[list[str]], np.ndarray]  # texts -> (B, text_len, D), rows past each prompt zero
+ImageEncoderFn = Callable[[np.ndarray], np.ndarray]  # (B, 3, H, W) in [-1, 1] -> (B, tokens, D)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,13 +80,15 @@ def _fingerprint(data: sekai.Dataset, cfg: pl.RawConfig, samples_per_clip: int, 
 def encode_dataset(data: sekai.Dataset, out, video_encoder: VideoEncoder, text_encoder: TextEncoderFn,
                    cfg: pl.RawConfig = pl.RawConfig(), samples_per_clip: int = 1, seed: int = 0,
                    dtype: str = "float32", name: str = "yume_latents", encoders: str = "",
-                   keep_cache: bool = False, max_samples: int | None = None, progress: bool = True) -> BuildReport:
+                   keep_cache: bool = False, max_samples: int | None = None, progress: bool = True,
+                   image_encoder: ImageEncoderFn | None = None) -> BuildReport:
     """Encode every sample of ``data`` into an ArrayRecord dataset under ``out`` (see module docstring).
 
     ``video_encoder`` / ``text_encoder`` are plain callables (``yume_jax.load_vae(p).encode`` and
     ``yume_jax.load_text_encoder(p).encode`` in ``python -m train.build_latents``). ``encoders`` names
     them in the build fingerprint: resuming into a work directory built with other settings is refused.
     ``max_samples`` stops after encoding that many samples in this run (the build stays resumable).
+    ``image_encoder`` (``yume_jax.load_image_encoder(p)`` for I2V models) adds each sample's ``image`` features.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -95,6 +100,7 @@ def encode_dataset(data: sekai.Dataset, out, video_encoder: VideoEncoder, text_e
     work = out / "_work"
     work.mkdir(parents=True, exist_ok=True)
     fp = _fingerprint(data, cfg, samples_per_clip, seed, dtype, encoders)
+    fp["image_features"] = image_encoder is not None
     plan = work / "plan.json"
     if plan.exists():
         old = json.loads(plan.read_text())
@@ -132,7 +138,13 @@ def encode_dataset(data: sekai.Dataset, out, video_encoder: VideoEncoder, text_e
         txt = np.asarray(text_encoder([plain, with_speed]))
         if txt.ndim != 3 or txt.shape[0] != 2:
             raise ValueError(f"text encoder returned shape {txt.shape}; expected (2, text_len, dim)")
-        _atomic_npz(work / f"{sid:08d}.npz", latents=_store(lat[0], dtype),
+        extra = {}
+        if image_encoder is not None:
+            img = np.asarray(image_encoder(s["video"][None, :, 0]))
+            if img.ndim != 3 or img.shape[0] != 1:
+                raise ValueError(f"image encoder returned shape {img.shape}; expected (1, tokens, dim)")
+            extra["image"] = _store(img[0], dtype)
+        _atomic_npz(work / f"{sid:08d}.npz", **extra, latents=_store(lat[0], dtype),
                     num_history_latents=np.int32(int(s["num_history"]) // 4),
                     text=_store(_trim(txt[0]), dtype), text_speed=_store(_trim(txt[1]), dtype),
                     text_len=np.int32(txt.shape[1]), prompt=np.array(plain), prompt_speed=np.array(with_speed),
@@ -177,8 +189,9 @@ def _write_tfds(out: Path, name: str, files: list[Path], fp: dict, skipped: dict
     with np.load(files[0]) as z:
         dt = z["latents"].dtype
         dim = z["text"].shape[-1] if z["text"].shape[0] else z["text_speed"].shape[-1]
+        image = z["image"].shape if "image" in z.files else None
     T = tfds.features.Tensor
-    features = tfds.features.FeaturesDict({
+    spec = {
         "latents": T(shape=(None, None, None, None), dtype=dt, encoding=tfds.features.Encoding.BYTES),
         "num_history_latents": tfds.features.Scalar(dtype=np.int32),
         "text": T(shape=(None, dim), dtype=dt), "text_speed": T(shape=(None, dim), dtype=dt),
@@ -187,7 +200,10 @@ def _write_tfds(out: Path, name: str, files: list[Path], fp: dict, skipped: dict
         "action": tfds.features.Scalar(dtype=np.int32), "i2v": tfds.features.Scalar(dtype=np.bool_),
         "speed": T(shape=(3,), dtype=np.float64), "start": tfds.features.Scalar(dtype=np.int32),
         "clip": tfds.features.Text(), "sample_id": tfds.features.Scalar(dtype=np.int64),
-    })
+    }
+    if image is not None:
+        spec["image"] = T(shape=image, dtype=dt)
+    features = tfds.features.FeaturesDict(spec)
     meta = dict(fp, skipped=skipped)
 
     class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -256,10 +272,13 @@ class LatentSample:
         full = np.zeros((n, text.shape[-1]), np.float32)
         full[: len(text)] = text
         txt = ex["prompt_speed"] if with_speed else ex["prompt"]
-        return {"latents": np.ascontiguousarray(_load(ex["latents"])),
-                "num_history_latents": np.int32(ex["num_history_latents"]), "text": full,
-                "prompt": txt.decode() if isinstance(txt, bytes) else str(txt), "with_speed": np.bool_(with_speed),
-                "action": np.int32(ex["action"]), "i2v": np.bool_(ex["i2v"]), "sample_id": np.int64(ex["sample_id"])}
+        out = {"latents": np.ascontiguousarray(_load(ex["latents"])),
+               "num_history_latents": np.int32(ex["num_history_latents"]), "text": full,
+               "prompt": txt.decode() if isinstance(txt, bytes) else str(txt), "with_speed": np.bool_(with_speed),
+               "action": np.int32(ex["action"]), "i2v": np.bool_(ex["i2v"]), "sample_id": np.int64(ex["sample_id"])}
+        if "image" in ex:
+            out["image"] = _load(ex["image"])
+        return out
 
 
 def _collate_latents(items):
@@ -271,7 +290,8 @@ def latent_dataset(path, loader: pl.LoaderConfig = pl.LoaderConfig(), speed_prob
     """Training batches from a latent dataset: the raw pipeline's shards, shuffling, state and prefetch.
 
     Batch keys: ``latents`` (B, z, t, h, w) float32, ``num_history_latents``, ``text`` (B, text_len, D),
-    ``prompt``, ``with_speed``, ``action``, ``i2v``, ``sample_id``."""
+    ``image`` (B, tokens, D) when built with an image encoder, ``prompt``, ``with_speed``, ``action``, ``i2v``,
+    ``sample_id``."""
     n = len(open_source(path))
     return pl.build(n, LatentSample(path, speed_prob), loader, shard_index, shard_count, collate_fn=_collate_latents)
 

@@ -15,8 +15,8 @@ Sources:
   hashed Gaussian vector per word, zero padded (as Wan pads T5 output); image -> pooled-colour tokens
   of the first frame. The real latent dataset and VAE replace it when they exist.
 - ``latents``: the latent dataset of :mod:`yume_jax.data.latents` (real VAE latents and umT5 features,
-  written by ``python -m train.build_latents``). It stores no CLIP image features, so it serves models
-  without image cross-attention (T2V, Yume-5B-style) only.
+  written by ``python -m train.build_latents``). Models with image cross-attention (Wan/Yume I2V 14B)
+  need a dataset built with ``--image-encoder`` (CLIP features of each sample's first frame).
 - ``synthetic``: Gaussian latents of one fixed shape (tests, benchmarks).
 """
 from __future__ import annotations
@@ -128,11 +128,17 @@ class SyntheticSample:
 
 
 class LatentBatch:
-    """Grain map: a latent-dataset batch -> the trainer's keys."""
+    """Grain map: a latent-dataset batch -> the trainer's keys (``image`` only for image cross-attention)."""
+
+    def __init__(self, with_image: bool = False):
+        self.with_image = with_image
 
     def __call__(self, b: dict) -> dict:
-        return {"latents": np.asarray(b["latents"], np.float32), "num_history": b["num_history_latents"],
-                "text": np.asarray(b["text"], np.float32), "item": b["sample_id"], "i2v": b["i2v"]}
+        out = {"latents": np.asarray(b["latents"], np.float32), "num_history": b["num_history_latents"],
+               "text": np.asarray(b["text"], np.float32), "item": b["sample_id"], "i2v": b["i2v"]}
+        if self.with_image:
+            out["image"] = np.asarray(b["image"], np.float32)
+        return out
 
 
 SYNTHETIC_ITEMS = 1 << 30
@@ -167,9 +173,16 @@ def describe(cfg, dit, path: Path | None) -> Shapes:
     z, _, h, w = ex["latents"].shape
     text_dim, text_len = ex["text"].shape[-1], int(ex["text_len"])
     chunk = (info["config"]["chunk_frames"] - 1) // st + 1
+    image_tokens = 0
     if dit.image_dim is not None:
-        raise ValueError(f"{cfg.model.preset} has image cross-attention but the latent dataset {path} holds no "
-                         "image features; use a model without image_dim or the sandbox source")
+        if "image" not in ex:
+            raise ValueError(f"{cfg.model.preset} has image cross-attention but the latent dataset {path} holds no "
+                             "image features; rebuild it with python -m train.build_latents --image-encoder CLIP, "
+                             "or use a model without image_dim")
+        image_tokens, image_dim = ex["image"].shape
+        if image_dim != dit.image_dim:
+            raise ValueError(f"the latent dataset's image features have {image_dim} dims; the model takes "
+                             f"{dit.image_dim}")
     if z != dit.out_channels:
         raise ValueError(f"the latent dataset has {z} latent channels; the model predicts {dit.out_channels}")
     if text_dim != dit.text_dim:
@@ -177,7 +190,7 @@ def describe(cfg, dit, path: Path | None) -> Shapes:
     pt, ph, pw = dit.patch_size
     if h % ph or w % pw:
         raise ValueError(f"latent size {h}x{w} is not a multiple of the patch {dit.patch_size}")
-    return Shapes(chunk, (h, w), z, text_len, text_dim, 0)
+    return Shapes(chunk, (h, w), z, text_len, text_dim, image_tokens)
 
 
 def ensure_world(path: Path, cfg) -> Path:
@@ -219,7 +232,8 @@ def dataset(cfg, dit, batch_size: int, shard_index: int, shard_count: int,
         return pl.build(SYNTHETIC_ITEMS, fn, loader, shard_index, shard_count)
     if d.source == "latents":
         from yume_jax.data import latents
-        return latents.latent_dataset(path, loader, raw.speed_prob, shard_index, shard_count).map(LatentBatch())
+        return latents.latent_dataset(path, loader, raw.speed_prob, shard_index, shard_count).map(
+            LatentBatch(image is not None))
     if d.source != "sandbox":
         raise ValueError(f"unknown data source {d.source!r}")
     data = sekai.read(path, d.layout)
