@@ -78,8 +78,9 @@ def test_tiny_sandbox_loss_falls(tmp_path):
 
 def test_latent_dataset_source(tmp_path):
     """--data.source=latents reads a dataset written by the latent builder (here with its stand-in encoders and
-    CLIP-like image features) through the same trainer, for the I2V model with image cross-attention; a dataset
-    without image features is refused for that model before anything compiles."""
+    CLIP-like image features) through the same trainer, for the I2V model with image cross-attention, starting
+    from a converted Wan I2V checkpoint (--model.init); a dataset without image features is refused for that
+    model before anything compiles."""
     from yume_jax.data import latents, pipeline, sekai, world
     from yume_jax.train import data as data_lib
     root = world.write_dataset(tmp_path / "world", 3, 5, "yume", cfg=world.PRESETS["tiny"], num_frames=60,
@@ -89,10 +90,14 @@ def test_latent_dataset_source(tmp_path):
     image = data_lib.StandInEncoder(16, (4, 8, 8), text_dim=32, text_len=16, image_dim=48, image_tokens=17).image
     rep = latents.encode_dataset(sekai.read(root), tmp_path / "lat", video, text, raw, samples_per_clip=2,
                                  progress=False, image_encoder=image)
+    from configs import models as model_presets
+    from yume_jax.models.loader import build, save_dit
+    save_dit(build(model_presets.get("tiny-i2v", num_layers=2), seed=3), tmp_path / "wan")  # a Wan I2V start
     run = tmp_path / "run"
-    err = _train(run, "--data.source=latents", f"--data.path={rep.path}",
+    err = _train(run, "--data.source=latents", f"--data.path={rep.path}", f"--model.init={tmp_path / 'wan'}",
                  "--steps=12", "--log_every=4", "--checkpoint.every=6", "--data.log_samples=true")
     assert "done: step 12, 1 compiled step variants" in err
+    assert f"initialised from {tmp_path / 'wan'}; new: " in err and "mask_token" in err  # Yume extras created
     recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in recs] == list(range(1, 13)) and all(np.isfinite(x["loss"]) for x in recs)
     items = [i for x in (run / "samples.p0.jsonl").read_text().splitlines() for i in json.loads(x)["item"]]
