@@ -7,11 +7,47 @@ Parameters: Linear ``kernel`` [in, out] (PyTorch's weight transposed) and ``bias
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 F32 = jnp.float32
+
+
+def matmul(x: jax.Array, kernel: jax.Array, dtype) -> jax.Array:
+    """``x @ kernel`` with both operands in the compute ``dtype`` and a float32 result (float32 accumulation).
+
+    The backward runs its two matmuls in ``dtype`` with float32 accumulation too: JAX's own transpose of
+    a mixed-precision dot multiplies the float32 output cotangent with the operand upcast to float32,
+    so under bf16 compute every backward matmul ran in float32 (half or less of the bf16 tensor-core
+    rate) and FSDP gathered float32 kernels for it. The output cotangent is rounded to ``dtype`` (exact
+    where the caller casts the result to ``dtype``, as Linear does); the kernel gradient comes back in
+    the kernel's own dtype (float32 masters keep a float32-accumulated gradient)."""
+    return _matmul(jnp.dtype(dtype).name, jnp.dtype(x.dtype).name, jnp.dtype(kernel.dtype).name, x, kernel)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _matmul(dtype: str, x_dtype: str, k_dtype: str, x, kernel):
+    return jnp.dot(x.astype(dtype), kernel.astype(dtype), preferred_element_type=F32)
+
+
+def _matmul_fwd(dtype, x_dtype, k_dtype, x, kernel):
+    xc, kc = x.astype(dtype), kernel.astype(dtype)
+    return jnp.dot(xc, kc, preferred_element_type=F32), (xc, kc)
+
+
+def _matmul_bwd(dtype, x_dtype, k_dtype, res, g):
+    xc, kc = res
+    g = g.astype(dtype)
+    lead = tuple(range(g.ndim - 1))
+    dx = jax.lax.dot_general(g, kc, (((g.ndim - 1,), (1,)), ((), ())), preferred_element_type=F32)
+    dk = jax.lax.dot_general(xc, g, ((lead, lead), ((), ())), preferred_element_type=F32)
+    return dx.astype(x_dtype), dk.astype(k_dtype)
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 def _uniform(key, shape, bound, dtype):
@@ -28,7 +64,7 @@ class Linear(nnx.Module):
 
     def __call__(self, x: jax.Array, dtype=None) -> jax.Array:
         dtype = dtype or x.dtype
-        y = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype), preferred_element_type=F32)
+        y = matmul(x, self.kernel[...], dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(F32)
         return y.astype(dtype)

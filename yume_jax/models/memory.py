@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from yume_jax.models import rope as rope_lib
+from yume_jax.models.layers import matmul
 
 MAX_HISTORY = 1366
 KERNEL = {"base": 2, "2x": 4, "4x": 8, "8x": 16, "16x": 32, "2x_f+16x": 128}
@@ -110,7 +111,7 @@ def conv_patch(x: jax.Array, kernel: jax.Array, bias: jax.Array, dtype) -> tuple
     g = (f, h // k, w // k)
     x = x.reshape(b, c, f, g[1], k, g[2], k).transpose(0, 2, 3, 5, 4, 6, 1).reshape(b, f * g[1] * g[2], k * k * c)
     kk = kernel.reshape(-1, kernel.shape[-1])
-    y = jnp.dot(x.astype(dtype), kk.astype(dtype), preferred_element_type=jnp.float32) + bias.astype(jnp.float32)
+    y = matmul(x, kk, dtype) + bias.astype(jnp.float32)
     return y, g
 
 

@@ -27,7 +27,7 @@ from yume_jax import sharding
 from yume_jax.models import rope as rope_lib
 from yume_jax.models.attention import attention
 from yume_jax.models.config import DiTConfig, Runtime
-from yume_jax.models.layers import F32, LayerNorm, Linear, RMSNorm, gelu_exact, gelu_tanh, layer_norm
+from yume_jax.models.layers import F32, LayerNorm, Linear, RMSNorm, gelu_exact, gelu_tanh, layer_norm, matmul
 
 
 def sinusoidal_embedding(t: jax.Array, dim: int) -> jax.Array:
@@ -56,7 +56,7 @@ class PatchEmbed(nnx.Module):
         x = x.reshape(b, c, g[0], pt, g[1], ph, g[2], pw).transpose(0, 2, 4, 6, 3, 5, 7, 1)
         x = x.reshape(b, g[0] * g[1] * g[2], pt * ph * pw * c)
         k = self.kernel[...].reshape(-1, self.kernel.shape[-1])
-        y = jnp.dot(x.astype(dtype), k.astype(dtype), preferred_element_type=F32) + self.bias[...].astype(F32)
+        y = matmul(x, k, dtype) + self.bias[...].astype(F32)
         return y, g
 
 
