@@ -12,7 +12,6 @@ import json
 import math
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -20,6 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dit_forward import timeit as _timeit  # noqa: E402
+from encoders import time_torch  # noqa: E402
+
 from yume_jax.models import attention as attn  # noqa: E402
 
 SHAPES = {  # name: (B, L, heads, head_dim)
@@ -30,13 +33,8 @@ SHAPES = {  # name: (B, L, heads, head_dim)
 
 
 def timeit(fn, *args, iters=20):
-    jax.block_until_ready(fn(*args))
-    ts = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1e3
+    """Median ms of ``iters`` calls after a warm-up (bench/dit_forward.py's timer)."""
+    return statistics.median(_timeit(lambda: fn(*args), iters, warmup=1))
 
 
 def mgpu_attention(q, k, v, block_kv=128, steps=2):
@@ -104,16 +102,8 @@ def main():
         tq, tk, tv = (torch.from_dlpack(jnp.swapaxes(x, 1, 2)) for x in (q, k, v))
         tq, tk, tv = (x.contiguous() for x in (tq, tk, tv))
         with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
-            for _ in range(3):
-                F.scaled_dot_product_attention(tq, tk, tv)
-            torch.cuda.synchronize()
-            ts = []
-            for _ in range(20):
-                t0 = time.perf_counter()
-                F.scaled_dot_product_attention(tq, tk, tv)
-                torch.cuda.synchronize()
-                ts.append(time.perf_counter() - t0)
-        row["torch_sdpa_ms"] = statistics.median(ts) * 1e3
+            _, st = time_torch(lambda: F.scaled_dot_product_attention(tq, tk, tv), 20, 3, cuda=True)
+        row["torch_sdpa_ms"] = st["ms_median"]
         for kk in list(row):
             if kk.endswith("_ms"):
                 row[kk.replace("_ms", "_tflops")] = round(flops / row[kk] / 1e9, 1)

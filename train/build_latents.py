@@ -34,11 +34,12 @@ def _encoders(args):
 
     image = None
     if args.image_encoder:
+        from yume_jax.rollout import to_uint8
         ie = yume_jax.load_image_encoder(args.image_encoder)
 
         def image(frames):  # (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3), as the explorer feeds CLIP
-            px = np.clip(np.round((np.asarray(frames, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-            return np.asarray(ie.encode(px.transpose(0, 2, 3, 1)), np.float32)
+            px = np.concatenate([to_uint8(f[None, :, None]) for f in np.asarray(frames, np.float32)])
+            return np.asarray(ie.encode(px), np.float32)
 
     return video, text, image
 

@@ -69,12 +69,12 @@ def _load(x: np.ndarray) -> np.ndarray:
 
 
 def _fingerprint(data: sekai.Dataset, cfg: pl.RawConfig, samples_per_clip: int, seed: int, dtype: str,
-                 encoders: str) -> dict:
+                 encoders: str, image_features: bool) -> dict:
     names = [c.name for c in data.clips]
     return {"root": str(Path(data.root).resolve()), "layout": data.layout, "clips": len(names),
             "clip_names_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest(),
             "config": dataclasses.asdict(cfg), "samples_per_clip": samples_per_clip, "seed": seed, "dtype": dtype,
-            "encoders": encoders}
+            "encoders": encoders, "image_features": image_features}
 
 
 def encode_dataset(data: sekai.Dataset, out, video_encoder: VideoEncoder, text_encoder: TextEncoderFn,
@@ -99,8 +99,7 @@ def encode_dataset(data: sekai.Dataset, out, video_encoder: VideoEncoder, text_e
     out = Path(out)
     work = out / "_work"
     work.mkdir(parents=True, exist_ok=True)
-    fp = _fingerprint(data, cfg, samples_per_clip, seed, dtype, encoders)
-    fp["image_features"] = image_encoder is not None
+    fp = _fingerprint(data, cfg, samples_per_clip, seed, dtype, encoders, image_encoder is not None)
     plan = work / "plan.json"
     if plan.exists():
         old = json.loads(plan.read_text())
