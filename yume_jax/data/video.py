@@ -123,10 +123,13 @@ def write(path, frames: np.ndarray, fps: float = 16, codec: str = "h264", crf: i
     if codec == "hevc":
         opts["x265-params"] = "log-level=error:pools=1:frame-threads=1"
     else:
-        opts["threads"] = "1"
+        # x264's macroblock-tree rate control (SIMD) made two runs on identical frames differ now and
+        # then (measured: 2 distinct outputs in 12 concurrent runs); without it 12 of 12 agree
+        opts["x264-params"] = "threads=1:no-mbtree=1"
     with av.open(str(tmp), "w", format="mp4") as c:
         s = c.add_stream(encoders[codec], rate=int(round(fps)), options=opts)
         s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        s.codec_context.thread_count = 1  # PyAV's default is 0 (automatic), whatever the options say
         if keyframe_interval is not None:
             s.codec_context.gop_size = int(keyframe_interval)
         if codec == "hevc":
