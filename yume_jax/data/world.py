@@ -501,14 +501,19 @@ def _sky(d: np.ndarray, o: np.ndarray, sc: Scene) -> np.ndarray:
 def camera_rays(c2w: np.ndarray, cfg: WorldConfig = WorldConfig()) -> tuple[np.ndarray, np.ndarray]:
     """Camera centre (3,) and unit world-space ray directions (H*W, 3), row-major over pixels, through
     pixel centres at integer coordinates of ``cfg.intrinsics()`` (scaled by ``cfg.supersample``)."""
+    R = np.asarray(c2w, np.float64)[:3, :3].astype(np.float32)
+    return np.asarray(c2w, np.float64)[:3, 3].astype(np.float32), ray_directions(cfg) @ R.T
+
+
+def ray_directions(cfg: WorldConfig = WorldConfig()) -> np.ndarray:
+    """Unit camera-space ray directions (H*W, 3) float32 of :func:`camera_rays` (shared with the JAX port)."""
     k = max(1, int(cfg.supersample))
     H, W = cfg.height * k, cfg.width * k
     f = cfg.intrinsics()[0, 0] * k
     v, u = np.mgrid[0:H, 0:W].astype(np.float32)
     dc = np.stack([(u - (W - 1) / 2) / f, (v - (H - 1) / 2) / f, np.ones_like(u)], -1).reshape(-1, 3)
     dc /= np.linalg.norm(dc, axis=-1, keepdims=True)
-    R = np.asarray(c2w, np.float64)[:3, :3].astype(np.float32)
-    return np.asarray(c2w, np.float64)[:3, 3].astype(np.float32), dc @ R.T
+    return dc
 
 
 def trace(scene: Scene, c2w: np.ndarray, cfg: WorldConfig = WorldConfig()):
@@ -670,9 +675,11 @@ class Clip:
     scene: Scene
 
 
-def make_clip(seed, num_frames: int = 160, cfg: WorldConfig = WorldConfig(), script: list[Step] | None = None,
-              progress: bool = False) -> Clip:
-    """A clip: a random (or given) script, its exact trajectory, a world built around it, the frames."""
+BACKENDS = ("numpy", "jax")
+
+
+def plan_clip(seed, num_frames: int = 160, cfg: WorldConfig = WorldConfig(), script: list[Step] | None = None):
+    """Everything of :func:`make_clip` but the frames: (script, actions, c2w, scene), from the seed's rng."""
     rng = np.random.default_rng(seed)
     if num_frames < 2:
         raise ValueError(f"num_frames must be >= 2, got {num_frames}")
@@ -684,6 +691,22 @@ def make_clip(seed, num_frames: int = 160, cfg: WorldConfig = WorldConfig(), scr
     yaw = float(rng.uniform(-math.pi, math.pi))
     c2w = simulate(script, cfg, yaw=yaw)
     scene = make_scene(rng, c2w[:, [0, 2], 3], cfg)
+    return script, actions, c2w, scene
+
+
+def make_clip(seed, num_frames: int = 160, cfg: WorldConfig = WorldConfig(), script: list[Step] | None = None,
+              progress: bool = False, backend: str = "numpy") -> Clip:
+    """A clip: a random (or given) script, its exact trajectory, a world built around it, the frames.
+
+    ``backend="jax"`` renders the same frames with :mod:`yume_jax.data.world_jax` (jit-compiled, equal to
+    this module's up to float rounding, see tests/test_world_jax.py)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    script, actions, c2w, scene = plan_clip(seed, num_frames, cfg, script)
+    if backend == "jax":
+        from yume_jax.data import world_jax
+        frames = world_jax.render_frames(scene, c2w, cfg)
+        return Clip(frames, c2w, cfg.intrinsics(), actions, script, scene)
     it = range(num_frames)
     if progress:
         from tqdm import tqdm
@@ -721,8 +744,8 @@ def describe(scene: Scene) -> str:
 def _write_one(job) -> dict:
     from yume_jax.camera import format_keys, segment
     from yume_jax.data import sekai
-    out, seed, i, layout, cfg, num_frames, script, min_clip_frames, codec, normalize = job
-    clip = make_clip([seed, i], num_frames, cfg, script=script)
+    out, seed, i, layout, cfg, num_frames, script, min_clip_frames, codec, normalize, backend = job
+    clip = make_clip([seed, i], num_frames, cfg, script=script, backend=backend)
     name = source_name(seed, i, num_frames)
     c2w, scale = normalize_poses(clip.c2w) if normalize else (clip.c2w, 1.0)
     if layout == "sekai":
@@ -739,20 +762,24 @@ def _write_one(job) -> dict:
 
 def write_dataset(out, clips: int, seed: int, layout: str = "sekai", cfg: WorldConfig = WorldConfig(),
                   num_frames: int = 161, script: list[Step] | None = None, min_clip_frames: int = 17,
-                  codec: str = "h264", normalize: bool = True, workers: int = 1) -> Path:
+                  codec: str = "h264", normalize: bool = True, workers: int = 1, backend: str = "numpy") -> Path:
     """Render ``clips`` source videos (clip i from seed (seed, i)) into ``out`` in the Sekai or Yume layout.
 
     Poses are normalised per video like Sekai's (one scale, every translation component in [-1, 1]; the
     scale is the CSV's ``poseScale``) unless ``normalize`` is False. The Sekai CSV also carries the
     scripted per-pair actions (``actions``, keyboard grammar) and the frame rate. Yume layout: each
-    constant-action run of at least ``min_clip_frames`` frames becomes a Keys_*_Mouse_* clip.
+    constant-action run of at least ``min_clip_frames`` frames becomes a Keys_*_Mouse_* clip. ``backend``:
+    "numpy" (this module's renderer) or "jax" (:mod:`yume_jax.data.world_jax`, same frames, GPU speed).
     """
     from yume_jax.data import sekai
     if layout not in ("sekai", "yume"):
         raise ValueError(f"unknown layout {layout!r}; valid: sekai, yume")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(out, seed, i, layout, cfg, num_frames, script, min_clip_frames, codec, normalize) for i in range(clips)]
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    jobs = [(out, seed, i, layout, cfg, num_frames, script, min_clip_frames, codec, normalize, backend)
+            for i in range(clips)]
     from tqdm import tqdm
     if workers > 1:
         import multiprocessing as mp
@@ -799,6 +826,8 @@ def main(argv=None):
     ap.add_argument("--codec", choices=["h264", "hevc"], default="h264")
     ap.add_argument("--no-normalize", action="store_true", help="keep metric translations (Sekai normalises)")
     ap.add_argument("--workers", type=int, default=1, help="render clips in parallel processes")
+    ap.add_argument("--backend", choices=BACKENDS, default="numpy",
+                    help="renderer: NumPy (reference) or JAX (jit-compiled, same frames; fast on a GPU)")
     args = ap.parse_args(argv)
     cfg = PRESETS[args.preset]
     cfg = cfg.replace(height=args.height or cfg.height, width=args.width or cfg.width)
@@ -815,7 +844,7 @@ def main(argv=None):
     frames = args.frames if script is None else sum(s.pairs for s in script) + 1
     out = write_dataset(args.out, args.clips, args.seed, args.layout, cfg=cfg, num_frames=frames, script=script,
                         min_clip_frames=args.min_clip_frames, codec=args.codec, normalize=not args.no_normalize,
-                        workers=args.workers)
+                        workers=args.workers, backend=args.backend)
     print(f"wrote {args.clips} {args.layout}-layout sandbox videos to {out}")
 
 
