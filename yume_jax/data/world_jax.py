@@ -347,18 +347,18 @@ class _Static:
     pix: float
     fog_distance: float
     shadows: bool
+    ray_chunk: int | None
 
     @staticmethod
-    def of(cfg: WorldConfig) -> "_Static":
+    def of(cfg: WorldConfig, ray_chunk: int | None = None) -> "_Static":
         k = max(1, int(cfg.supersample))
         return _Static(cfg.height, cfg.width, k, float(np.float32(k / cfg.intrinsics()[0, 0])),
-                       float(cfg.fog_distance), bool(cfg.shadows))
+                       float(cfg.fog_distance), bool(cfg.shadows), ray_chunk)
 
 
-def _render_one(sa: SceneArrays, R, o, dc, fog_color, st: _Static):
-    """One frame, uint8 (H, W, 3): :func:`yume_jax.data.world.render` for a pose's R (3, 3) and centre o (3,)."""
-    d = jnp.stack([_dot3(dc, R[0]), _dot3(dc, R[1]), _dot3(dc, R[2])], 1)  # dc @ R.T
-    masks = _cull_masks(sa, o, 3.5 * st.fog_distance)
+def _shade_rays(sa: SceneArrays, masks, o, d, fog_color, st: _Static):
+    """Linear-light colours (P, 3) after fog and gamma of rays from o along d: the body of
+    :func:`yume_jax.data.world.render`."""
     t, kind, obj = _trace(sa, masks, o, d)
     p = o + t[:, None] * d
     foot = t * _f32(st.pix)
@@ -382,7 +382,21 @@ def _render_one(sa: SceneArrays, R, o, dc, fog_color, st: _Static):
     fogc = sa.sky_cols[0] if fog_color is None else fog_color
     fog = jnp.where(hit, 1 - jnp.exp(-t / st.fog_distance) ** 1.5, 0.0)[:, None]
     col = col + (fogc - col) * fog
-    col = jnp.clip(col, 0, 1) ** (1 / 1.1)
+    return jnp.clip(col, 0, 1) ** (1 / 1.1)
+
+
+def _render_one(sa: SceneArrays, R, o, dc, fog_color, st: _Static):
+    """One frame, uint8 (H, W, 3): :func:`yume_jax.data.world.render` for a pose's R (3, 3) and centre o (3,).
+    Rays go in chunks of ``st.ray_chunk`` (a loop) when set: the (rays, objects) temporaries stay small."""
+    d = jnp.stack([_dot3(dc, R[0]), _dot3(dc, R[1]), _dot3(dc, R[2])], 1)  # dc @ R.T
+    masks = _cull_masks(sa, o, 3.5 * st.fog_distance)
+    P = d.shape[0]
+    if st.ray_chunk and st.ray_chunk < P:
+        n = -(-P // st.ray_chunk)
+        dp = jnp.concatenate([d, jnp.broadcast_to(d[:1], (n * st.ray_chunk - P, 3))]).reshape(n, st.ray_chunk, 3)
+        col = jax.lax.map(lambda dd: _shade_rays(sa, masks, o, dd, fog_color, st), dp).reshape(-1, 3)[:P]
+    else:
+        col = _shade_rays(sa, masks, o, d, fog_color, st)
     k = st.k
     img = col.reshape(st.height * k, st.width * k, 3)
     if k > 1:
@@ -400,11 +414,16 @@ def _render_batch(sa: SceneArrays, R, o, dc, fog_color, st: _Static):
 
 
 def default_frames_per_call(cfg: WorldConfig) -> int:
-    """Frames per compiled call: about 2^21 rays (2^18 on CPU, whose unfused (rays, objects) temporaries
-    are large)."""
+    """Frames per compiled call: about 2^21 rays (2^16 on CPU)."""
     k = max(1, int(cfg.supersample))
-    budget = 1 << (18 if jax.default_backend() == "cpu" else 21)
+    budget = 1 << (16 if jax.default_backend() == "cpu" else 21)
     return max(1, budget // (cfg.height * cfg.width * k * k))
+
+
+def default_ray_chunk() -> int | None:
+    """Rays per step of a frame's loop: 2^14 on CPU (whose (rays, objects) temporaries are not fused away),
+    none on accelerators."""
+    return 1 << 14 if jax.default_backend() == "cpu" else None
 
 
 @functools.lru_cache(maxsize=8)
@@ -413,18 +432,19 @@ def _directions(cfg: WorldConfig):
 
 
 def render_poses(scenes: Sequence[SceneArrays], c2w: np.ndarray, cfg: WorldConfig = WorldConfig(),
-                 frames_per_call: int | None = None, fog_color=None) -> np.ndarray:
+                 frames_per_call: int | None = None, fog_color=None, ray_chunk: int | None = -1) -> np.ndarray:
     """uint8 (F, H, W, 3): frame i shows ``scenes[i]`` (padded arrays of one capacity) from ``c2w[i]``.
 
     Frames go through one compiled program in calls of ``frames_per_call`` (the last call padded), all
-    dispatched before any result is read back."""
+    dispatched before any result is read back. ``ray_chunk``: rays per step within a frame (-1: the
+    platform default, :func:`default_ray_chunk`; None: all at once)."""
     c2w = np.asarray(c2w, np.float64).reshape(-1, 4, 4)
     F = len(c2w)
     if len(scenes) != F:
         raise ValueError(f"{len(scenes)} scenes for {F} poses")
     fpc = frames_per_call or default_frames_per_call(cfg)
     fpc = min(fpc, 1 << max(0, F - 1).bit_length())  # few frames: a power of two >= F (few compiled sizes)
-    st = _Static.of(cfg)
+    st = _Static.of(cfg, default_ray_chunk() if ray_chunk == -1 else ray_chunk)
     dc = _directions(cfg)
     fog = None if fog_color is None else jnp.asarray(fog_color, _f32)
     R = c2w[:, :3, :3].astype(np.float32)
@@ -439,13 +459,13 @@ def render_poses(scenes: Sequence[SceneArrays], c2w: np.ndarray, cfg: WorldConfi
 
 
 def render_frames(scene: Scene, c2w: np.ndarray, cfg: WorldConfig = WorldConfig(), cap: int | None = None,
-                  frames_per_call: int | None = None, fog_color=None) -> np.ndarray:
+                  frames_per_call: int | None = None, fog_color=None, ray_chunk: int | None = -1) -> np.ndarray:
     """uint8 (N, H, W, 3): :func:`yume_jax.data.world.render` of one scene along poses (N, 4, 4). The
     default capacity is :func:`capacity` for N frames (or the scene's own size if it is larger)."""
     c2w = np.asarray(c2w, np.float64).reshape(-1, 4, 4)
     cap = cap or _cap_for(cfg, len(c2w), [scene])
     sa = scene_arrays(scene, cap)
-    return render_poses([sa] * len(c2w), c2w, cfg, frames_per_call, fog_color)
+    return render_poses([sa] * len(c2w), c2w, cfg, frames_per_call, fog_color, ray_chunk)
 
 
 def render(scene: Scene, c2w: np.ndarray, cfg: WorldConfig = WorldConfig(), fog_color=None) -> np.ndarray:
@@ -476,7 +496,7 @@ class Clips:
 
 def render_clips(seeds: Sequence, num_frames: int = 160, cfg: WorldConfig = WorldConfig(),
                  scripts: Sequence[list[Step] | None] | None = None, cap: int | None = None,
-                 frames_per_call: int | None = None) -> Clips:
+                 frames_per_call: int | None = None, ray_chunk: int | None = -1) -> Clips:
     """Clips ``make_clip(seeds[i], num_frames, cfg, scripts[i])`` of :mod:`yume_jax.data.world` (same scripts,
     poses and scenes; frames equal up to float rounding), rendered together on the default JAX device.
 
@@ -492,6 +512,6 @@ def render_clips(seeds: Sequence, num_frames: int = 160, cfg: WorldConfig = Worl
     arrays = [scene_arrays(s, cap) for s in scenes]
     c2w = np.stack([p[2] for p in plans]) if plans else np.zeros((0, num_frames, 4, 4))
     frames = render_poses([a for a in arrays for _ in range(num_frames)], c2w.reshape(-1, 4, 4), cfg,
-                          frames_per_call)
+                          frames_per_call, ray_chunk=ray_chunk)
     frames = frames.reshape(len(seeds), num_frames, cfg.height, cfg.width, 3)
     return Clips(frames, c2w, cfg.intrinsics(), [p[1] for p in plans], [p[0] for p in plans], scenes)
