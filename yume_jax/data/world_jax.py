@@ -216,6 +216,16 @@ def _cull_masks(sa: SceneArrays, cam, radius: float):
     return sa.sph_ok & s, sa.box_ok & b, sa.cyl_ok & c
 
 
+def _min_argmin(t):
+    """Minimum over the last axis and its first index, in one reduction (no (rays, objects) temporary)."""
+    def pick(a, b):
+        (va, ia), (vb, ib) = a, b
+        take_b = (vb < va) | ((vb == va) & (ib < ia))
+        return jnp.where(take_b, vb, va), jnp.where(take_b, ib, ia)
+    idx = jax.lax.broadcasted_iota(jnp.int32, t.shape, t.ndim - 1)
+    return jax.lax.reduce((t, idx), (jnp.array(jnp.inf, t.dtype), jnp.int32(0)), pick, (t.ndim - 1,))
+
+
 def _trace(sa: SceneArrays, masks, o, d):
     """Primary rays: t (P,), kind (-1 sky, 0 ground, 1 sphere, 2 box, 3 cylinder), object index (P,)."""
     ms, mb, mc = masks
@@ -225,8 +235,7 @@ def _trace(sa: SceneArrays, masks, o, d):
     for kd, tk in ((1, _hit_spheres(o, d, sa.sph_c, sa.sph_r, ms)),
                    (2, _hit_boxes(o, d, sa.box_lo, sa.box_hi, mb)),
                    (3, _hit_cylinders(o, d, sa.cyl_c, sa.cyl_r, sa.cyl_top, mc))):
-        ik = jnp.argmin(tk, 1).astype(jnp.int32)
-        tk = jnp.min(tk, 1)
+        tk, ik = _min_argmin(tk)
         closer = tk < t
         t, kind, obj = jnp.where(closer, tk, t), jnp.where(closer, kd, kind), jnp.where(closer, ik, obj)
     return t, kind, obj
@@ -236,9 +245,9 @@ def _shadowed(sa: SceneArrays, masks, pts):
     """Whether each point's ray toward the sun hits any object."""
     ms, mb, mc = masks
     sun = sa.sun
-    hit = jnp.isfinite(jnp.min(_hit_spheres(pts, sun, sa.sph_c, sa.sph_r, ms), 1))
-    hit |= jnp.isfinite(jnp.min(_hit_boxes(pts, sun, sa.box_lo, sa.box_hi, mb), 1))
-    hit |= jnp.isfinite(jnp.min(_hit_cylinders(pts, sun, sa.cyl_c, sa.cyl_r, sa.cyl_top, mc), 1))
+    hit = jnp.any(jnp.isfinite(_hit_spheres(pts, sun, sa.sph_c, sa.sph_r, ms)), 1)
+    hit |= jnp.any(jnp.isfinite(_hit_boxes(pts, sun, sa.box_lo, sa.box_hi, mb)), 1)
+    hit |= jnp.any(jnp.isfinite(_hit_cylinders(pts, sun, sa.cyl_c, sa.cyl_r, sa.cyl_top, mc)), 1)
     return hit
 
 
