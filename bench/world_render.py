@@ -5,10 +5,13 @@
 
 Prints one JSON line per measurement, with the device, load and versions:
 
+Scenes are those of ``--clip-frames``-frame clips (161: about 100 objects, the dataset's size); frames are
+spread over each clip's poses.
+
 - ``numpy``: :func:`yume_jax.data.world.render` frames/s, one process, one frame at a time (median over
   repeats, 2 warm-up frames excluded);
 - ``jax``: :func:`yume_jax.data.world_jax.render_clips`-style rendering of ``--clips`` scenes x ``--frames``
-  poses (each scene padded to the capacity for ``--frames`` frames): ``compile_s`` is the first call
+  poses (scenes padded to the capacity for ``--clip-frames`` frames): ``compile_s`` is the first call
   (tracing, compilation and one run), then ``frames_per_s`` end to end (scene padding, host-to-device,
   render, uint8 frames back on the host) and ``device_frames_per_s`` (inputs already on the device, one
   compiled call of ``frames_per_call`` frames, blocked on the result), medians over repeats.
@@ -47,14 +50,14 @@ def emit(**kw):
     print(json.dumps({**kw, **_env()}), flush=True)
 
 
-def _plans(cfg, clips: int, frames: int):
-    plans = [world.plan_clip([1000, i], frames, cfg) for i in range(clips)]
+def _plans(cfg, clips: int, clip_frames: int):
+    plans = [world.plan_clip([1000, i], clip_frames, cfg) for i in range(clips)]
     return [p[3] for p in plans], np.stack([p[2] for p in plans])
 
 
-def bench_numpy(cfg, frames: int, repeats: int):
-    scenes, c2w = _plans(cfg, 1, frames + 2)
-    scene, c2w = scenes[0], c2w[0]
+def bench_numpy(cfg, clip_frames: int, frames: int, repeats: int):
+    scenes, c2w = _plans(cfg, 1, clip_frames)
+    scene, c2w = scenes[0], c2w[0][:: max(1, clip_frames // (frames + 2))]
     for i in range(2):  # warm-up
         world.render(scene, c2w[i], cfg)
     rates = []
@@ -69,9 +72,10 @@ def bench_numpy(cfg, frames: int, repeats: int):
          frames_per_s=round(float(np.median(rates)), 3))
 
 
-def bench_jax(cfg, clips: int, frames: int, repeats: int, fpc: int | None, ray_chunk):
-    scenes, c2w = _plans(cfg, clips, frames)
-    cap = wj._cap_for(cfg, frames, scenes)
+def bench_jax(cfg, clips: int, clip_frames: int, frames: int, repeats: int, fpc: int | None, ray_chunk):
+    scenes, c2w = _plans(cfg, clips, clip_frames)
+    c2w = c2w[:, :: max(1, clip_frames // frames)][:, :frames]
+    cap = wj._cap_for(cfg, clip_frames, scenes)
     arrays = [wj.scene_arrays(s, cap) for s in scenes]
     per_frame = [a for a in arrays for _ in range(frames)]
     flat = c2w.reshape(-1, 4, 4)
@@ -113,7 +117,8 @@ def main(argv=None):
     ap.add_argument("--supersample", type=int, default=1)
     ap.add_argument("--no-shadows", action="store_true")
     ap.add_argument("--clips", type=int, default=8, help="JAX: scenes rendered together")
-    ap.add_argument("--frames", type=int, default=32, help="JAX: frames per clip (also sets the capacity)")
+    ap.add_argument("--clip-frames", type=int, default=161, help="clip length: scene size and JAX capacity")
+    ap.add_argument("--frames", type=int, default=32, help="JAX: frames rendered per clip (spread over it)")
     ap.add_argument("--numpy-frames", type=int, default=8, help="NumPy: frames per repeat")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--frames-per-call", type=int, help="JAX: frames per compiled call (default: by platform)")
@@ -124,9 +129,9 @@ def main(argv=None):
         cfg = world.WorldConfig(height=h, width=w, supersample=args.supersample, shadows=not args.no_shadows)
         for backend in args.backends:
             if backend == "numpy":
-                bench_numpy(cfg, args.numpy_frames, args.repeats)
+                bench_numpy(cfg, args.clip_frames, args.numpy_frames, args.repeats)
             else:
-                bench_jax(cfg, args.clips, args.frames, args.repeats, args.frames_per_call,
+                bench_jax(cfg, args.clips, args.clip_frames, args.frames, args.repeats, args.frames_per_call,
                           None if args.ray_chunk == 0 else args.ray_chunk)
 
 

@@ -105,6 +105,8 @@ def test_backend_switch(tmp_path, monkeypatch):
     assert _compare(a.frames, b.frames)[1] < 1e-3 and _compare(a.frames, b.frames)[0] < 1e-2
     with pytest.raises(ValueError, match="backend"):
         world.make_clip(4, 5, TINY, backend="torch")
+    with pytest.raises(ValueError, match="workers=1"):  # one device, one process
+        world.write_dataset(tmp_path / "x", 2, 0, cfg=TINY, num_frames=5, workers=2, backend="jax")
     calls = []
     real = wj.render_frames
 

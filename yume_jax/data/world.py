@@ -10,7 +10,8 @@ the camera stays at y = -eye_height.
 
 ``python -m yume_jax.data.world --out DIR --clips N --seed S --layout sekai|yume`` writes MP4s and pose
 files in exactly the official Sekai layout or Yume's ``Keys_*_Mouse_*`` layout (see
-:mod:`yume_jax.data.sekai`), deterministically by seed.
+:mod:`yume_jax.data.sekai`), deterministically by seed; ``--backend jax`` renders the same frames with the
+jit-compiled port :mod:`yume_jax.data.world_jax` (GPU speed; this module stays the reference).
 """
 from __future__ import annotations
 
@@ -778,6 +779,8 @@ def write_dataset(out, clips: int, seed: int, layout: str = "sekai", cfg: WorldC
     out.mkdir(parents=True, exist_ok=True)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    if backend == "jax" and workers > 1:
+        raise ValueError("the jax backend renders in this process on its device: use workers=1")
     jobs = [(out, seed, i, layout, cfg, num_frames, script, min_clip_frames, codec, normalize, backend)
             for i in range(clips)]
     from tqdm import tqdm
