@@ -11,7 +11,8 @@ spread over each clip's poses.
 - ``numpy``: :func:`yume_jax.data.world.render` frames/s, one process, one frame at a time (median over
   repeats, 2 warm-up frames excluded);
 - ``jax``: :func:`yume_jax.data.world_jax.render_clips`-style rendering of ``--clips`` scenes x ``--frames``
-  poses (scenes padded to the capacity for ``--clip-frames`` frames): ``compile_s`` is the first call
+  poses (scenes padded to the capacity for ``--clip-frames`` frames, or with ``--tight`` to the per-kind
+  :func:`~yume_jax.data.world_jax.tight_capacity` of these scenes): ``compile_s`` is the first call
   (tracing, compilation and one run), then ``frames_per_s`` end to end (scene padding, host-to-device,
   render, uint8 frames back on the host) and ``device_frames_per_s`` (inputs already on the device, one
   compiled call of ``frames_per_call`` frames, blocked on the result), medians over repeats.
@@ -72,10 +73,11 @@ def bench_numpy(cfg, clip_frames: int, frames: int, repeats: int):
          frames_per_s=round(float(np.median(rates)), 3))
 
 
-def bench_jax(cfg, clips: int, clip_frames: int, frames: int, repeats: int, fpc: int | None, ray_chunk):
+def bench_jax(cfg, clips: int, clip_frames: int, frames: int, repeats: int, fpc: int | None, ray_chunk,
+              tight: bool):
     scenes, c2w = _plans(cfg, clips, clip_frames)
     c2w = c2w[:, :: max(1, clip_frames // frames)][:, :frames]
-    cap = wj._cap_for(cfg, clip_frames, scenes)
+    cap = wj.tight_capacity(scenes) if tight else wj._cap_for(cfg, clip_frames, scenes)
     arrays = [wj.scene_arrays(s, cap) for s in scenes]
     per_frame = [a for a in arrays for _ in range(frames)]
     flat = c2w.reshape(-1, 4, 4)
@@ -122,6 +124,7 @@ def main(argv=None):
     ap.add_argument("--numpy-frames", type=int, default=8, help="NumPy: frames per repeat")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--frames-per-call", type=int, help="JAX: frames per compiled call (default: by platform)")
+    ap.add_argument("--tight", action="store_true", help="JAX: per-kind capacities of these scenes (cap='tight')")
     ap.add_argument("--ray-chunk", type=int, default=-1, help="JAX: rays per loop step (-1 platform default, 0 none)")
     args = ap.parse_args(argv)
     for size in args.sizes:
@@ -132,7 +135,7 @@ def main(argv=None):
                 bench_numpy(cfg, args.clip_frames, args.numpy_frames, args.repeats)
             else:
                 bench_jax(cfg, args.clips, args.clip_frames, args.frames, args.repeats, args.frames_per_call,
-                          None if args.ray_chunk == 0 else args.ray_chunk)
+                          None if args.ray_chunk == 0 else args.ray_chunk, args.tight)
 
 
 if __name__ == "__main__":

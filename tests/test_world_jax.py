@@ -57,6 +57,11 @@ def test_plans_match_make_clip_and_one_program():
     assert {(len(s.sph_r), len(s.box_lo), len(s.cyl_r)) for s in other.scenes} - sizes
     with pytest.raises(ValueError, match="capacity"):
         wj.render_clips([5], 6, cfg, cap=8)
+    # per-kind capacities cut to the scenes: the same frames
+    tight = wj.render_clips([5, 6], 6, cfg, scripts=[None, given], frames_per_call=4, cap="tight")
+    caps = wj.tight_capacity(clips.scenes)
+    assert tight.frames.shape == clips.frames.shape and max(caps) < wj._cap_for(cfg, 6, clips.scenes)
+    assert _compare(tight.frames, clips.frames)[0] < 1e-4
 
 
 def test_hash_and_noise_equal_numpy():
