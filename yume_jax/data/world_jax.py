@@ -17,7 +17,12 @@ Exactly equivalent formulations where the NumPy renderer saves work on the CPU:
   compiled program serves every scene of a config (capacity: :func:`capacity`).
 
 Dot products are written out as sums of products (no matmul unit, no TF32 on GPUs), the texture hash in
-uint32 like the NumPy one.
+uint32 like the NumPy one. Measured agreement (tests/test_world_jax.py): ~0.01% of pixels differ, almost
+all by 1 level; a grazing ray within one rounding of a silhouette can flip a subsample (~1 pixel in 10^5).
+
+Use: :func:`render_clips` (N seeds -> uint8 (N, T, H, W, 3) with poses, actions, scripts and scenes),
+:func:`render_frames` (one scene along poses), ``world.make_clip(..., backend="jax")`` and
+``python -m yume_jax.data.world --backend jax``. Throughput: bench/world_render.py.
 """
 from __future__ import annotations
 
@@ -126,7 +131,8 @@ def _stack(items: Sequence[SceneArrays]) -> SceneArrays:
 
 
 def _hash(ix, iz, seed):
-    """:func:`yume_jax.data.world._hash` in uint32 (int32 lattice coordinates wrap like the NumPy int64 & 0xFFFFFFFF)."""
+    """:func:`yume_jax.data.world._hash` in uint32: int32 lattice coordinates wrap like NumPy's int64 masked
+    to 32 bits (exact while |coordinate| < 2^31; the renderer's stay below 2^25)."""
     h = ix.astype(_u32) * _u32(0x8DA6B343)
     h ^= iz.astype(_u32) * _u32(0xD8163841)
     h ^= seed.astype(_u32) * _u32(0x9E3779B9)
