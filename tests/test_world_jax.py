@@ -129,3 +129,28 @@ def test_backend_switch(tmp_path, monkeypatch):
     assert calls == [5, 5]
     assert sorted(p.name for p in (tmp_path / "jax").rglob("*.mp4")) == sorted(
         p.name for p in (tmp_path / "np").rglob("*.mp4"))
+
+
+def test_single_frame_and_fog_color():
+    """world_jax.render is world.render for one pose, also with another fog colour (hand-made scene)."""
+    sc = world.Scene(
+        sph_c=np.array([[0, -1.0, 4]], np.float32), sph_r=np.array([1.0], np.float32),
+        sph_col=np.array([[0.8, 0.2, 0.2]], np.float32), sph_pat=np.array([1], np.int32),
+        box_lo=np.array([[-3, -4, 12]], np.float32), box_hi=np.array([[3, 0, 13]], np.float32),
+        box_col=np.array([[0.3, 0.3, 0.8]], np.float32), box_pat=np.array([3], np.int32),
+        cyl_c=np.zeros((0, 2), np.float32), cyl_r=np.zeros(0, np.float32), cyl_top=np.zeros(0, np.float32),
+        cyl_col=np.zeros((0, 3), np.float32), cyl_pat=np.zeros(0, np.int32),
+        sun=np.array([0.6, -0.7, 0.39], np.float32) / np.float32(np.linalg.norm([0.6, -0.7, 0.39])), seed=3,
+        ground_cols=np.array([[0.6, 0.6, 0.6], [0.3, 0.5, 0.2]], np.float32),
+        sky_cols=np.array([[0.8, 0.85, 0.9], [0.4, 0.6, 0.9], [0.5, 0.55, 0.6]], np.float32),
+        mountain=np.array([[0.5, 0.0], [0.5, 1.0], [0.5, 2.0]], np.float32))
+    T = np.eye(4)
+    T[:3, 3] = (0.3, -1.6, 0.0)
+    cfg = TINY.replace(fog_distance=12.0)
+    red = np.array([1.0, 0.0, 0.0], np.float32)
+    for fog in (None, red):
+        a, b = world.render(sc, T, cfg, fog_color=fog), wj.render(sc, T, cfg, fog_color=fog)
+        any_diff, _, top = _compare(a, b)
+        assert any_diff < 2e-3 and top <= 2
+    plain = wj.render(sc, T, cfg).astype(int)
+    assert a[..., 0].mean() > plain[..., 0].mean() + 10 and a[..., 1].mean() < plain[..., 1].mean() - 10  # red fog
