@@ -34,9 +34,9 @@ class Pipeline:
     image_encoder: object = None  # yume_jax.encoders.ImageEncoder (I2V models)
     defaults: dict = field(default_factory=dict)  # pipeline.json: defaults for RolloutConfig
     source: str = ""
-    _samplers: dict = field(default_factory=dict, init=False, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
-    _progress: Optional[Callable] = field(default=None, init=False, repr=False)
+    _samplers: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+    _progress: Optional[Callable] = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def z_dim(self) -> int:

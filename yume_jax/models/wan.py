@@ -279,6 +279,7 @@ class WanDiT(nnx.Module):
         if rt.remat != "none":
             layer = jax.checkpoint(layer, policy=_REMAT[rt.remat], prevent_cse=False)
 
+        x = sharding.constrain(x.astype(F32), ("batch", "seq", "act_embed"))
         if cache is None:
             def body(h, layer_state):
                 return layer(h, layer_state), None
@@ -302,8 +303,6 @@ class WanDiT(nnx.Module):
 
             carry, xs = (x, cache.residuals), (state, jnp.asarray(cache.slots, jnp.int32))
 
-        x = sharding.constrain(x.astype(F32), ("batch", "seq", "act_embed"))
-        carry = x if cache is None else (x, carry[1])
         if rt.scan_layers:
             carry, _ = jax.lax.scan(body, carry, xs)
         else:

@@ -1,5 +1,7 @@
 """Front door of the samplers: a typed ``SamplerConfig`` with named presets, ``sample`` (a pure function to
-call inside your own jit) and ``Sampler`` (the whole guided loop jitted once, for rollouts).
+call inside your own jit) and ``Sampler`` (the whole guided loop jitted once, for rollouts). Samplers are
+looked up by ``SamplerConfig.name`` in the registry (registry.py); block caching is a carried model state
+of the same loop (``state=``, cache.py).
 
 Defaults follow spec/yume.md "Sampling" (Euler, 50 steps, shift 3, CFG 5, SDE eta 0.3, TTS l = 2,
 interval 2, r = 1, AAM K = 4) and spec/wan.md "Sampling defaults" for the plain Wan presets.
