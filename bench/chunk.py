@@ -26,9 +26,10 @@ from flax import nnx  # noqa: E402
 
 from configs.models import get  # noqa: E402
 from dit_forward import peak_gib, random_model  # noqa: E402
-from yume_jax import blockcache  # noqa: E402
 from yume_jax.models.config import Runtime  # noqa: E402
 from yume_jax.sampling import api as sampling  # noqa: E402
+from yume_jax.sampling import cache as blockcache  # noqa: E402
+from yume_jax.sampling import cfg as cfg_lib  # noqa: E402
 from yume_jax.sampling.frozen import history_mask, history_renoised  # noqa: E402
 
 
@@ -59,17 +60,15 @@ def main():
                image=jax.random.normal(ks[4], (1, 257, cfg.image_dim)) * 0.1, y=y)
     uctx = dict(text=jax.random.normal(ks[5], (1, text_len, cfg.text_dim)) * 0.1, image=ctx["image"], y=y)
 
-    def velocity_model(params, x, sigma, c, residuals=None, slots=None, refresh=None):
+    def velocity_model(params, x, sigma, c, *stateful):  # stateful: (step, block cache), refresh every 2
         m = nnx.merge(graphdef, params)
         inp = jnp.concatenate([x, c["y"]], axis=1)
         t = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32) * 1000.0, (x.shape[0],))
-        if residuals is None:
-            v = m(inp, t, c["text"], c["image"], chunk=new, runtime=rt)
-        else:
-            v, residuals = m.forward_cached(inp, t, c["text"], c["image"], residuals=residuals, slots=slots,
-                                            refresh=refresh, chunk=new, runtime=rt)
+        kw = dict(cache=stateful[1], refresh=blockcache.refreshes(2, stateful[0])) if stateful else {}
+        out = m(inp, t, c["text"], c["image"], chunk=new, runtime=rt, **kw)
+        v, cache = out if stateful else (out, None)
         v = jnp.concatenate([jnp.zeros(x.shape[:2] + (hist,) + x.shape[3:], v.dtype), v], axis=2).astype(x.dtype)
-        return v if residuals is None else (v, residuals)
+        return (v, cache) if stateful else v
 
     tokens = model.num_tokens(total, h, w, new)
     cached_blocks = tuple(range(15, 25)) if not a.tiny else (1, 2)
@@ -81,20 +80,12 @@ def main():
     }
     for name in a.variants.split(","):
         sc = variants[name]
-        if name.endswith("cache"):
-            slots = blockcache.slots(cfg.num_layers, cached_blocks)
-            res = jnp.zeros((len(cached_blocks), 2, tokens, cfg.dim), jnp.bfloat16)
+        state = (blockcache.init(blockcache.CacheConfig(refresh=2, blocks=cached_blocks), cfg.num_layers, 2, tokens,
+                                 cfg.dim) if name.endswith("cache") else None)
 
-            def run(params, noise, frozen, slots=slots, res=res, sc=sc):
-                return blockcache.sample_euler(velocity_model, params, noise, ctx, uctx, sigmas=sc.sigmas,
-                                               cfg_scale=sc.cfg_scale, refresh=2, slot_of_layer=slots,
-                                               residuals=res, frozen=frozen)
-        else:
-            def run(params, noise, frozen, sc=sc):
-                from yume_jax.sampling import cfg as cfg_lib
-
-                vel = cfg_lib.guided(velocity_model, params, ctx, uctx, sc.cfg_scale)
-                return sampling.sample(sc, vel, noise, key=jax.random.key(1), frozen=frozen)
+        def run(params, noise, frozen, sc=sc, state=state):
+            vel = cfg_lib.guided(velocity_model, params, ctx, uctx, sc.cfg_scale)
+            return sampling.sample(sc, vel, noise, key=jax.random.key(1), frozen=frozen, state=state)
         t0 = time.perf_counter()
         compiled = jax.jit(run).lower(params, noise, frozen).compile()
         compile_s = time.perf_counter() - t0

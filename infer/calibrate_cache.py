@@ -33,8 +33,9 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     from infer.explore import UsageError, read_image
-    from yume_jax import blockcache
-    from yume_jax.rollout import PIPELINE_JSON, RolloutConfig, Session, load_pipeline
+    from yume_jax.pipeline import PIPELINE_JSON, load_pipeline
+    from yume_jax.rollout import RolloutConfig, Session
+    from yume_jax.sampling import cache as blockcache
     from yume_jax.sampling.api import SamplerConfig
 
     try:

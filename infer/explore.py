@@ -30,6 +30,13 @@ class UsageError(Exception):
     """Bad input: printed as one line, exit code 2."""
 
 
+def sampling_names() -> tuple[str, ...]:
+    """The registered samplers (yume_jax/sampling/registry.py)."""
+    from yume_jax.sampling import registry
+
+    return registry.names()
+
+
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="python -m infer.explore", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,7 +47,7 @@ def parse_args(argv):
     ap.add_argument("--prompt", default="", help="scene caption appended to the action prompts")
     ap.add_argument("--actions", help='comma-separated steps, e.g. "W,W+A,→"; omit for interactive mode')
     ap.add_argument("--steps", type=int, default=None, help="sampling steps per chunk")
-    ap.add_argument("--sampler", choices=["euler", "sde", "tts", "tts-sde"], default="euler")
+    ap.add_argument("--sampler", choices=sampling_names(), default="euler")
     ap.add_argument("--aam", action="store_true", help="anti-artifact mechanism (two passes)")
     ap.add_argument("--cache", type=int, default=0, metavar="N",
                     help="block residual caching: refresh every N steps (0: off)")
@@ -80,7 +87,7 @@ def read_video(path: str) -> np.ndarray:
 
 
 def default_pipeline_dir() -> Path:
-    from yume_jax.rollout import save_tiny_pipeline
+    from yume_jax.testing import save_tiny_pipeline
 
     print("notice: no --checkpoint given and no trained default model is embedded yet: using a TINY RANDOM "
           f"model ({DEFAULT_MODEL_DIR}); the video shows untrained noise, not a world", file=sys.stderr)
@@ -126,7 +133,8 @@ def run(a) -> int:
     from tqdm import tqdm
 
     from yume_jax import camera
-    from yume_jax.rollout import Session, load_pipeline
+    from yume_jax.pipeline import load_pipeline
+    from yume_jax.rollout import Session
 
     scripted = None
     if a.actions is not None:

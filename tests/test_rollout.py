@@ -1,5 +1,6 @@
-"""Rollout (issue 8): determinism, compile counts, block caching, history modes, starts; the explorer
-CLI end to end (scripted, bad input, interruption, interactive through a pseudo-terminal)."""
+"""Rollout (issue 8): determinism, compile counts (per shape, and shared by the sessions of one pipeline),
+block caching, history modes, starts, the shared I2V conditioning; the explorer CLI end to end (scripted, bad
+input, interruption, interactive through a pseudo-terminal)."""
 from __future__ import annotations
 
 import json
@@ -16,8 +17,11 @@ import av
 import numpy as np
 import pytest
 
-from yume_jax.rollout import RolloutConfig, Session, load_pipeline, save_tiny_pipeline
-from yume_jax.sampling.api import SamplerConfig
+from yume_jax.media import to_uint8
+from yume_jax.pipeline import load_pipeline
+from yume_jax.rollout import RolloutConfig, Session
+from yume_jax.sampling.api import AAMConfig, SamplerConfig
+from yume_jax.testing import save_tiny_pipeline, tiny_t2v_pipeline
 
 FAST = SamplerConfig(steps=2, cfg_scale=1.0)
 
@@ -56,12 +60,31 @@ def test_same_seed_same_video_bit_exact(pipe, image):
     assert a.shape == (1 + 3 * 4, 32, 48, 3) and np.array_equal(a, b) and not np.array_equal(a, c)
 
 
-def test_compiles_once_per_distinct_shape(pipe, image):
+def test_compiles_once_per_distinct_shape(pipe_dir, image):
     """5 chunks with history capped at 2 latent frames: shapes H=1 then H=2 -> exactly 2 compiles."""
-    s, _ = _run(pipe, image, ["W"] * 5, max_history=2)
+    fresh = load_pipeline(pipe_dir)
+    s, _ = _run(fresh, image, ["W"] * 5, max_history=2)
     hist = [r["history_frames"] for r in s.records]
     assert hist == [1, 2, 2, 2, 2]
-    assert s.sampler.traces == len(set(hist)) == 2
+    assert s.sampler.traces == len(set(hist)) == 2 == fresh.compiles
+    assert s.sampler._run._cache_size() == 2
+
+
+def test_second_session_on_one_pipeline_compiles_nothing(pipe_dir, image):
+    """Two sessions, same config and shapes, one pipeline: the sampler is traced and compiled once."""
+    fresh = load_pipeline(pipe_dir)
+    a, va = _run(fresh, image, ["W"], seed=1)
+    assert fresh.compiles == 1 and a.sampler._run._cache_size() == 1
+    b, vb = _run(fresh, image, ["W"], seed=1)
+    assert b.sampler is a.sampler
+    assert fresh.compiles == 1 and b.sampler._run._cache_size() == 1 and b.records[0]["sampler_compiles"] == 1
+    assert np.array_equal(va, vb)
+    # a progress hook routes to the calling session without a new program per session
+    ticks_a, ticks_b = [], []
+    Session(fresh, _cfg(), image=image, on_step=ticks_a.append).step("W")
+    n = fresh.compiles
+    Session(fresh, _cfg(), image=image, on_step=ticks_b.append).step("W")
+    assert fresh.compiles == n and ticks_a == ticks_b == [0, 1]
 
 
 def test_block_cache_refresh_every_step_equals_no_cache(pipe, image):
@@ -70,6 +93,39 @@ def test_block_cache_refresh_every_step_equals_no_cache(pipe, image):
     s2, v2 = _run(pipe, image, ["W", "D"], block_cache=2, cache_blocks=(0, 2))
     assert np.array_equal(np.asarray(s0.history), np.asarray(s1.history)) and np.array_equal(v0, v1)
     assert not np.array_equal(np.asarray(s0.history), np.asarray(s2.history))
+
+
+def test_block_cache_is_an_option_of_every_sampler(pipe, image):
+    """Caching rides the one loop: TTS with CFG and AAM, refresh every step, equals it uncached."""
+    sc = SamplerConfig(name="tts", steps=3, cfg_scale=2.0, aam=AAMConfig(steps=1))
+    s0, v0 = _run(pipe, image, ["W"], sampler=sc)
+    s1, v1 = _run(pipe, image, ["W"], sampler=sc, block_cache=1, cache_blocks=(1,))
+    assert np.array_equal(np.asarray(s0.history), np.asarray(s1.history)) and np.array_equal(v0, v1)
+
+
+def test_session_and_training_build_the_same_i2v_channels(pipe, image):
+    """The session's y channels equal the training objective's for the same clean latents."""
+    import jax.numpy as jnp
+
+    from yume_jax.train.objective import conditioning
+
+    s = Session(pipe, _cfg(), image=image)
+    s.step("W")
+    seen = {}
+    orig = pipe.sample
+
+    def spy(config, chunk_frames, noise, cond, uncond=None, **kw):
+        seen["y"] = cond["y"]
+        return orig(config, chunk_frames, noise, cond, uncond, **kw)
+
+    pipe.sample = spy
+    try:
+        hist = s.history
+        s.step("D")
+    finally:
+        del pipe.sample
+    x0 = jnp.concatenate([hist, jnp.ones_like(hist[:, :, :1])], axis=2)  # any chunk content
+    np.testing.assert_array_equal(np.asarray(seen["y"]), np.asarray(conditioning(x0, hist.shape[2])))
 
 
 def test_history_modes_and_starts(pipe, image):
@@ -89,8 +145,6 @@ def test_only_new_frames_are_decoded(pipe, image):
     s, v = _run(pipe, image, ["W", "W", "W"])
     assert [r["video_frames"] for r in s.records] == [4, 4, 4]
     whole = s.pipe.vae.decode(s.history)
-    from yume_jax.rollout import to_uint8
-
     np.testing.assert_allclose(to_uint8(whole).astype(int), v.astype(int), atol=1)
 
 
@@ -199,20 +253,7 @@ def test_explore_interactive_through_a_pty(pipe_dir, png, tmp_path):
 
 def test_text_only_start_with_a_t2v_model():
     """A model without image cross-attention starts from text alone (no history in the first chunk)."""
-    from configs.models import get
-    from yume_jax.encoders import TextEncoder
-    from yume_jax.encoders import get as enc_get
-    from yume_jax.models.loader import DiT, build
-    from yume_jax.models.yume import add_yume_extras
-    from yume_jax.rollout import Pipeline
-    from yume_jax.vae import PRESETS, WanVAE
-    from yume_jax.vae.params import init_params
-
-    te = TextEncoder.random(enc_get("tiny-umt5"), seed=1)
-    dit = DiT(add_yume_extras(build(get("tiny-t2v", text_dim=te.config.dim), seed=1)))
-    cfg = PRESETS["tiny-2.1"]
-    p = Pipeline(dit=dit, vae=WanVAE(cfg, init_params(cfg, 1)), text_encoder=te)
-    p.check()
+    p = tiny_t2v_pipeline(seed=1)
     s = Session(p, _cfg())
     assert s.history is None and len(s.initial_frames) == 0
     f0, r0 = s.step("W")

@@ -140,7 +140,7 @@ def test_tts_evaluation_count(steps, travel, interval, repeat):
 
 def test_whole_loop_is_traced_once_independent_of_the_step_count():
     traces = {}
-    for name in S.NAMES:
+    for name in S.names():
         for steps in (4, 50):
             count = [0]
 
@@ -245,7 +245,7 @@ def test_euler_and_tts_are_deterministic_bit_exact():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize("name", S.NAMES)
+@pytest.mark.parametrize("name", S.names())
 def test_bfloat16_noise_is_integrated_in_float32(name):
     # Stated tolerance: the bfloat16 result is the float32 result rounded once to bfloat16 (<= 1 ulp,
     # 2^-8 relative), i.e. no per-step rounding of the state.
@@ -286,3 +286,54 @@ def test_config_validation_and_round_trip():
         S.SamplerConfig.from_dict({"stepz": 3})
     with pytest.raises(ValueError, match="needs a PRNG key"):
         S.sample(S.preset("yume-sde"), VEL, _noise(4))
+
+
+def test_samplers_are_found_through_the_registry():
+    from yume_jax.sampling import euler, registry
+
+    assert S.names()[:4] == ("euler", "sde", "tts", "tts-sde")
+    assert registry.get("tts-sde").stochastic and not registry.get("tts").stochastic
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register("euler")(lambda *a, **k: None)
+
+    @registry.register("half-euler")  # an Euler loop at half the step count: a new sampler, no other edit
+    def build(config, velocity, sigmas, **kw):
+        return lambda x, pre=None: euler.sample(velocity, x, sigmas[::2], pre=pre, **kw)
+
+    try:
+        assert "half-euler" in S.names()
+        got = _run(S.SamplerConfig(name="half-euler", steps=8), _noise(8))
+        want = _run(S.SamplerConfig(steps=4), _noise(8))
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+    finally:
+        registry._SAMPLERS.pop("half-euler")
+    with pytest.raises(ValueError, match="must be one of"):
+        S.SamplerConfig(name="half-euler")
+
+
+@pytest.mark.parametrize("name", ["euler", "sde", "tts-sde"])
+def test_stateful_velocity_carries_its_state_through_the_one_loop(name):
+    """A stateful velocity (the block cache's form) sees every evaluation's step index in order and gives
+    the same latents as the plain one."""
+    cfg = S.SamplerConfig(name=name, steps=6)
+    key = jax.random.key(2)
+
+    def stateful(x, t, step, state):
+        return VEL(x, t), state + step
+
+    got = jax.jit(lambda x, k: S.sample(cfg, stateful, x, key=k, state=jnp.int32(0)))(_noise(4), key)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(_run(cfg, _noise(4), key)))
+    seen = []
+
+    def spy(x, t, step, state):
+        jax.debug.callback(lambda s, n: seen.append((int(s), int(n))), step, state)
+        return VEL(x, t), state + 1
+
+    jax.block_until_ready(jax.jit(lambda x, k: S.sample(cfg, spy, x, key=k, state=jnp.int32(0)))(_noise(4), key))
+    seen.sort(key=lambda p: p[1])  # by the state's count of evaluations
+    expect = [(i, i) for i in range(6)] if name != "tts-sde" else None
+    if expect is not None:
+        assert seen == expect
+    else:  # TTS: look-ahead evaluations carry the index of the step they visit, and the state counts them all
+        assert [n for _, n in seen] == list(range(len(seen))) and len(seen) == cfg.evaluations
+        assert seen[:3] == [(0, 0), (1, 1), (1, 2)]

@@ -34,7 +34,7 @@ def _encoders(args):
 
     image = None
     if args.image_encoder:
-        from yume_jax.rollout import to_uint8
+        from yume_jax.media import to_uint8
         ie = yume_jax.load_image_encoder(args.image_encoder)
 
         def image(frames):  # (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3), as the explorer feeds CLIP

@@ -201,6 +201,12 @@ class Conditioning(NamedTuple):
     ctx_img: jax.Array | None  # (B, 257, D) image tokens or None
 
 
+class BlockCache(NamedTuple):
+    """Block residual cache (spec/yume.md "Distillation and caching"), carried through a sampling loop."""
+    residuals: jax.Array  # (num_slots, B, L, D): the stored residual (output - input) of each cached layer
+    slots: jax.Array  # (num_layers,) int32: each layer's slot, -1 for layers always computed
+
+
 _REMAT = {
     "full": None,
     "dots": jax.checkpoint_policies.checkpoint_dots,
@@ -245,61 +251,68 @@ class WanDiT(nnx.Module):
         return Conditioning(e, e0, ctx, ctx_img)
 
     def run_blocks(self, x: jax.Array, cond: Conditioning, positions: np.ndarray, rt: Runtime,
-                   layers: tuple[int, int] | None = None, blocks: Block | None = None) -> jax.Array:
-        """Apply blocks ``layers=(start, stop)`` (default all) to tokens x with static RoPE positions."""
+                   layers: tuple[int, int] | None = None, blocks: Block | None = None,
+                   cache: BlockCache | None = None, refresh=None):
+        """Apply blocks ``layers=(start, stop)`` (default all) to tokens x with static RoPE positions.
+        With ``cache`` (all layers), returns (x, cache) (see :meth:`_scan`)."""
         cos, sin = rope_lib.rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
-        return self._scan(x, cond, (cos, sin), rt, layers, blocks)
+        return self._scan(x, cond, (cos, sin), rt, layers, blocks, cache=cache, refresh=refresh)
 
-    def _scan(self, x, cond, rope, rt, layers=None, blocks=None):
+    def _scan(self, x, cond, rope, rt, layers=None, blocks=None, cache: BlockCache | None = None, refresh=None):
+        """The blocks, one ``lax.scan`` over the stacked layer axis.
+
+        Optional block residual caching (spec/yume.md "Distillation and caching"): ``cache.slots`` gives
+        each layer's slot in ``cache.residuals`` (-1: always computed). When ``refresh`` (a traced bool) is
+        true every layer runs and the cached layers store ``output - input`` in their slot; otherwise the
+        cached layers are skipped and add their stored residual. Returns (x, cache) when caching, else x."""
         blocks = self.blocks if blocks is None else blocks
         graphdef, state = nnx.split(blocks)
         if layers is not None:
+            if cache is not None:
+                raise ValueError("block caching runs all layers (no layers=)")
             state = jax.tree.map(lambda p: p[layers[0]:layers[1]], state)
         cos, sin = rope
 
-        def body(h, layer_state):
-            blk = nnx.merge(graphdef, layer_state)
-            return blk(h, cond.e0, cond.ctx, cond.ctx_img, cos, sin, rt), None
+        def layer(h, layer_state):
+            return nnx.merge(graphdef, layer_state)(h, cond.e0, cond.ctx, cond.ctx_img, cos, sin, rt)
 
         if rt.remat != "none":
-            body = jax.checkpoint(body, policy=_REMAT[rt.remat], prevent_cse=False)
+            layer = jax.checkpoint(layer, policy=_REMAT[rt.remat], prevent_cse=False)
+
         x = sharding.constrain(x.astype(F32), ("batch", "seq", "act_embed"))
+        if cache is None:
+            def body(h, layer_state):
+                return layer(h, layer_state), None
+
+            carry, xs = x, state
+        else:
+            def body(carry, xs):
+                h, res = carry
+                layer_state, slot = xs
+                idx = jnp.maximum(slot, 0)
+
+                def skip(h, res):
+                    return h + res[idx].astype(F32), res
+
+                def run(h, res):
+                    out = layer(h, layer_state)
+                    stored = jax.lax.dynamic_update_index_in_dim(res, (out - h).astype(res.dtype), idx, 0)
+                    return out, jnp.where(slot >= 0, stored, res)
+
+                return jax.lax.cond((slot >= 0) & jnp.logical_not(refresh), skip, run, h, res), None
+
+            carry, xs = (x, cache.residuals), (state, jnp.asarray(cache.slots, jnp.int32))
+
         if rt.scan_layers:
-            x, _ = jax.lax.scan(body, x, state)
+            carry, _ = jax.lax.scan(body, carry, xs)
         else:
             n = jax.tree.leaves(state)[0].shape[0]
             for i in range(n):
-                x, _ = body(x, jax.tree.map(lambda p: p[i], state))
-        return x
-
-    def _scan_cached(self, x, cond, rope, rt, residuals, slots, refresh):
-        """Blocks with residual caching (spec/yume.md "Distillation and caching").
-
-        ``slots`` (num_layers,) int32: the cache slot of each layer, -1 for layers always computed.
-        On refresh steps every layer runs and cached layers store ``output - input`` in their slot of
-        ``residuals`` (num_slots, B, L, D); on other steps cached layers are skipped and add their
-        stored residual. Returns (x, residuals)."""
-        graphdef, state = nnx.split(self.blocks)
-        cos, sin = rope
-
-        def body(carry, xs):
-            h, res = carry
-            layer_state, slot = xs
-            idx = jnp.maximum(slot, 0)
-
-            def skip(h, res):
-                return h + res[idx].astype(F32), res
-
-            def run(h, res):
-                out = nnx.merge(graphdef, layer_state)(h, cond.e0, cond.ctx, cond.ctx_img, cos, sin, rt)
-                stored = jax.lax.dynamic_update_index_in_dim(res, (out - h).astype(res.dtype), idx, 0)
-                return out, jnp.where(slot >= 0, stored, res)
-
-            return jax.lax.cond((slot >= 0) & jnp.logical_not(refresh), skip, run, h, res), None
-
-        x = sharding.constrain(x.astype(F32), ("batch", "seq", "act_embed"))
-        (x, residuals), _ = jax.lax.scan(body, (x, residuals), (state, jnp.asarray(slots, jnp.int32)))
-        return x, residuals
+                carry, _ = body(carry, jax.tree.map(lambda p: p[i], xs))
+        if cache is None:
+            return carry
+        x, residuals = carry
+        return x, cache._replace(residuals=residuals)
 
     def unpatchify(self, y: jax.Array, grid: tuple[int, int, int]) -> jax.Array:
         """(B, F'*H'*W', pt*ph*pw*C) -> (B, C, F, H, W)."""

@@ -22,7 +22,7 @@ from yume_jax.models import masking, memory
 from yume_jax.models import rope as rope_lib
 from yume_jax.models.config import DiTConfig, Runtime
 from yume_jax.models.layers import F32
-from yume_jax.models.wan import Block, Conditioning, PatchEmbed, WanDiT
+from yume_jax.models.wan import Block, BlockCache, Conditioning, PatchEmbed, WanDiT
 
 TIER_KERNEL = {"2x": 4, "4x": 8, "8x": 16, "16x": 32, "2x_f": 4}
 
@@ -91,26 +91,19 @@ class YumeDiT(WanDiT):
 
     # -- forwards ---------------------------------------------------------------------------------
     def __call__(self, hidden_states, timestep, text_context, image_context=None, *, chunk: int | None = None,
-                 history_timestep: float | None = None, runtime: Runtime = Runtime()):
+                 history_timestep: float | None = None, runtime: Runtime = Runtime(),
+                 cache: BlockCache | None = None, refresh=None):
+        """The chunk's velocity. With a block residual ``cache`` (residuals shaped (num_slots, B, tokens,
+        dim), tokens from :meth:`num_tokens`; see :meth:`WanDiT._scan`) and a ``refresh`` flag, returns
+        (v, cache)."""
         rt = runtime
         x, pos, grid, n_chunk = self.embed(hidden_states, chunk, rt)
         t = self.token_timesteps(timestep, history_timestep, x.shape[1], n_chunk)
         cond = self.condition(t, text_context, image_context, rt)
-        x = self.run_blocks(x, cond, pos, rt)
-        return self._head_out(x, cond, grid, n_chunk)
-
-    def forward_cached(self, hidden_states, timestep, text_context, image_context=None, *, residuals: jax.Array,
-                       slots, refresh, chunk: int | None = None, history_timestep: float | None = None,
-                       runtime: Runtime = Runtime()):
-        """The forward with block residual caching (see :meth:`WanDiT._scan_cached`); returns (v, residuals).
-        ``residuals``: (num_slots, B, tokens, dim), e.g. from :meth:`cache_shape`."""
-        rt = runtime
-        x, pos, grid, n_chunk = self.embed(hidden_states, chunk, rt)
-        t = self.token_timesteps(timestep, history_timestep, x.shape[1], n_chunk)
-        cond = self.condition(t, text_context, image_context, rt)
-        rope = rope_lib.rope_tables(pos, self.cfg.head_dim, self.cfg.rope_theta)
-        x, residuals = self._scan_cached(x, cond, rope, rt, residuals, slots, refresh)
-        return self._head_out(x, cond, grid, n_chunk), residuals
+        if cache is None:
+            return self._head_out(self.run_blocks(x, cond, pos, rt), cond, grid, n_chunk)
+        x, cache = self.run_blocks(x, cond, pos, rt, cache=cache, refresh=refresh)
+        return self._head_out(x, cond, grid, n_chunk), cache
 
     def num_tokens(self, frames: int, height: int, width: int, chunk: int | None) -> int:
         if chunk is None or chunk == frames:

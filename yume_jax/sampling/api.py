@@ -1,5 +1,7 @@
 """Front door of the samplers: a typed ``SamplerConfig`` with named presets, ``sample`` (a pure function to
-call inside your own jit) and ``Sampler`` (the whole guided loop jitted once, for rollouts).
+call inside your own jit) and ``Sampler`` (the whole guided loop jitted once, for rollouts). Samplers are
+looked up by ``SamplerConfig.name`` in the registry (registry.py); block caching is a carried model state
+of the same loop (``state=``, cache.py).
 
 Defaults follow spec/yume.md "Sampling" (Euler, 50 steps, shift 3, CFG 5, SDE eta 0.3, TTS l = 2,
 interval 2, r = 1, AAM K = 4) and spec/wan.md "Sampling defaults" for the plain Wan presets.
@@ -14,11 +16,10 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from yume_jax.sampling import aam, cfg, euler, sde, tts
+from yume_jax.sampling import aam, cfg, registry, sde, tts
 from yume_jax.sampling.frozen import Frozen
+from yume_jax.sampling.loop import stateless
 from yume_jax.sampling.schedules import shifted_sigmas
-
-NAMES = ("euler", "sde", "tts", "tts-sde")
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class AAMConfig:
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    name: str = "euler"  # euler | sde | tts | tts-sde
+    name: str = "euler"  # a registered sampler (registry.names(): euler | sde | tts | tts-sde)
     steps: int = 50
     shift: float = 3.0
     cfg_scale: float = 5.0  # 1.0 = no guidance (no unconditional evaluation)
@@ -59,8 +60,8 @@ class SamplerConfig:
             object.__setattr__(self, "tts", TTSConfig(**self.tts))
         if isinstance(self.aam, dict):
             object.__setattr__(self, "aam", AAMConfig(**self.aam))
-        if self.name not in NAMES:
-            raise ValueError(f"sampler name must be one of {NAMES}, got {self.name!r}")
+        if self.name not in registry.names():
+            raise ValueError(f"sampler name must be one of {registry.names()}, got {self.name!r}")
         shifted_sigmas(self.steps, self.shift)  # validates steps and shift
         if not self.eta >= 0:
             raise ValueError(f"eta must be >= 0, got {self.eta!r}")
@@ -72,7 +73,7 @@ class SamplerConfig:
 
     @property
     def stochastic(self) -> bool:
-        return self.name in ("sde", "tts-sde")
+        return registry.get(self.name).stochastic
 
     @property
     def sigmas(self):
@@ -81,10 +82,7 @@ class SamplerConfig:
     @property
     def evaluations(self) -> int:
         """Velocity evaluations per sample (each one batched cond + uncond call under CFG)."""
-        n = self.steps
-        if self.name in ("tts", "tts-sde"):
-            n = tts.evaluations(self.steps, self.tts.travel, self.tts.interval, self.tts.repeat)
-        return n * (2 if self.aam is not None else 1)
+        return registry.get(self.name).count(self) * (2 if self.aam is not None else 1)
 
     def replace(self, **kw) -> "SamplerConfig":
         return dataclasses.replace(self, **kw)
@@ -123,40 +121,34 @@ def preset(preset_name: str, /, **overrides) -> SamplerConfig:
 
 
 def sample(config: SamplerConfig, velocity, noise, *, key=None, frozen: Optional[Frozen] = None,
-           on_step: Optional[Callable] = None):
+           on_step: Optional[Callable] = None, state=None):
     """Sample x0 from ``noise`` (the latents at sigma = 1) with ``velocity(x, sigma) -> v``.
 
     Pure and traceable: call it inside a jit. ``key`` drives the SDE noise (needed for sde / tts-sde);
     ``frozen`` keeps a region (the history) out of the integration (frozen.py); ``on_step(i)`` is called on
-    the host once per step (twice per step index with AAM, once per pass). The latents are integrated in
-    float32 (at least) whatever the noise dtype, and returned in the noise dtype: a bfloat16 state would
-    round every step (measured on the Gaussian field, 50 Euler steps: RMS 0.027, max 0.24 off float32).
+    the host once per step (twice per step index with AAM, once per pass). ``state``: the initial state of a
+    STATEFUL velocity ``velocity(x, sigma, step, state) -> (v, state)`` (loop.py; block caching: cache.py),
+    carried through the loop (each AAM pass starts from it); None: a plain velocity. The latents are
+    integrated in float32 (at least) whatever the noise dtype, and returned in the noise dtype: a bfloat16
+    state would round every step (measured on the Gaussian field, 50 Euler steps: RMS 0.027, max 0.24 off
+    float32).
     """
-    if config.stochastic and key is None:
+    entry = registry.get(config.name)
+    if entry.stochastic and key is None:
         raise ValueError(f"sampler {config.name!r} is stochastic and needs a PRNG key")
     if not jnp.issubdtype(noise.dtype, jnp.floating):
         raise ValueError(f"noise must be floating point, got {noise.dtype}")
     out_dtype = noise.dtype
     noise = noise.astype(jnp.promote_types(noise.dtype, jnp.float32))
     sigmas = config.sigmas
-    kw = dict(key=key, frozen=frozen, on_step=on_step)
-    if config.name == "euler":
-        run = functools.partial(euler.sample, velocity, sigmas=sigmas, **kw)
-    elif config.name == "sde":
-        run = functools.partial(sde.sample, velocity, sigmas=sigmas, eta=config.eta, last=config.sde_last, **kw)
-    else:
-        t = config.tts
-        extra = dict(travel=t.travel, interval=t.interval, repeat=t.repeat, **kw)
-        if config.name == "tts":
-            run = functools.partial(tts.sample, velocity, sigmas=sigmas, **extra)
-        else:
-            run = functools.partial(tts.sample_sde, velocity, sigmas=sigmas, eta=config.eta,
-                                    last=config.sde_last, **extra)
+    if state is None:
+        velocity, state = stateless(velocity), ()
+    run = entry.build(config, velocity, sigmas, state=state, key=key, frozen=frozen, on_step=on_step)
     if config.aam is None:
         return run(noise).astype(out_dtype)
     a = config.aam
     project = aam.projector(a.projector, cutoff=a.cutoff, factor=a.factor, axes=a.axes)
-    out = aam.sample(lambda x, pre=None: run(x, pre=pre), noise, sigmas, steps=a.steps, project=project)
+    out = aam.sample(run, noise, sigmas, steps=a.steps, project=project)
     return out.astype(out_dtype)
 
 
@@ -165,7 +157,9 @@ class Sampler:
 
     ``model(params, x, sigma, ctx) -> v`` (cfg.py). Call ``sampler(params, noise, cond, uncond, key=...,
     frozen=...)``: with ``mesh`` given, cond and uncond run on the two halves of mesh axis ``cfg_axis``
-    (cfg.guided_split), otherwise in one batch (cfg.guided). ``traces`` counts the traces (compiles).
+    (cfg.guided_split), otherwise in one batch (cfg.guided). With ``state=`` (e.g. a block cache,
+    cache.py) the model is stateful, ``model(params, x, sigma, ctx, step, state) -> (v, state)``, and the
+    state's batch is 2B under one-batch CFG. ``traces`` counts the traces (compiles).
     """
 
     def __init__(self, config: SamplerConfig, model, *, mesh=None, cfg_axis: str = "cfg",
@@ -174,7 +168,7 @@ class Sampler:
         self.traces = 0
         self._run = jax.jit(self._trace)
 
-    def _trace(self, params, noise, cond, uncond, key, frozen):
+    def _trace(self, params, noise, cond, uncond, key, frozen, state):
         self.traces += 1
         c = self.config
         if c.cfg_scale == 1.0:
@@ -183,16 +177,18 @@ class Sampler:
             velocity = cfg.guided_split(self.model, params, cond, uncond, c.cfg_scale, self.mesh, self.cfg_axis)
         else:
             velocity = cfg.guided(self.model, params, cond, uncond, c.cfg_scale)
-        return sample(c, velocity, noise, key=key, frozen=frozen, on_step=self.on_step)
+        return sample(c, velocity, noise, key=key, frozen=frozen, on_step=self.on_step, state=state)
 
-    def _plain(self, params, cond, x, sigma):
-        return self.model(params, x, cfg.batched_sigma(sigma, x.shape[0]), cond)
+    def _plain(self, params, cond, x, sigma, *stateful):
+        return self.model(params, x, cfg.batched_sigma(sigma, x.shape[0]), cond, *stateful)
 
-    def __call__(self, params, noise, cond, uncond=None, *, key=None, frozen: Optional[Frozen] = None):
+    def __call__(self, params, noise, cond, uncond=None, *, key=None, frozen: Optional[Frozen] = None, state=None):
         if self.config.cfg_scale != 1.0 and uncond is None:
             raise ValueError(f"cfg_scale {self.config.cfg_scale} needs an unconditional context (uncond)")
         if self.config.stochastic and key is None:
             raise ValueError(f"sampler {self.config.name!r} is stochastic and needs a PRNG key")
+        if state is not None and self.mesh is not None and self.config.cfg_scale != 1.0:
+            raise ValueError("a stateful model (block caching) with CFG split over a mesh axis is not supported")
         if frozen is not None:
             frozen.check(noise)
-        return self._run(params, noise, cond, None if self.config.cfg_scale == 1.0 else uncond, key, frozen)
+        return self._run(params, noise, cond, None if self.config.cfg_scale == 1.0 else uncond, key, frozen, state)

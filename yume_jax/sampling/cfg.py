@@ -5,6 +5,10 @@ Models here are ``model(params, x, sigma, ctx) -> v``: ``params`` is shared, ``c
 conditioning arrays with a leading batch axis (text embeddings, CLIP tokens, ...), ``x`` is [B, ...] and
 ``sigma`` is a scalar or per-position with a leading axis of size 1 or B. Both helpers return a
 ``velocity(x, sigma)`` for the samplers.
+
+A stateful model (block caching, yume_jax/sampling/cache.py) is ``model(params, x, sigma, ctx, step, state)
+-> (v, state)``; :func:`guided` then returns the stateful velocity ``velocity(x, sigma, step, state) -> (v,
+state)`` (loop.py), the state seeing the batch of 2B.
 """
 from __future__ import annotations
 
@@ -29,17 +33,20 @@ def batched_sigma(sigma, b):
 
 
 def guided(model, params, cond, uncond, scale: float):
-    """CFG with cond and uncond in ONE batch of 2B: one model call per evaluation."""
+    """CFG with cond and uncond in ONE batch of 2B: one model call per evaluation. Extra arguments of the
+    velocity (``step, state`` of a stateful model) go to the model, whose state comes back with v."""
     _check_ctx(cond, uncond)
 
-    def velocity(x, sigma):
+    def velocity(x, sigma, *stateful):
         b = x.shape[0]
         s = batched_sigma(sigma, b)
         s2 = s if s.ndim == 0 else jnp.concatenate([s, s])
         ctx = jax.tree.map(lambda c, u: jnp.concatenate([c, u]), cond, uncond)
-        out = model(params, jnp.concatenate([x, x]), s2, ctx)
+        out = model(params, jnp.concatenate([x, x]), s2, ctx, *stateful)
+        out, state = out if stateful else (out, None)
         v_c, v_u = out[:b], out[b:]
-        return v_u + scale * (v_c - v_u)
+        v = v_u + scale * (v_c - v_u)
+        return (v, state) if stateful else v
 
     return velocity
 

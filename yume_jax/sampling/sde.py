@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from yume_jax.sampling import registry
 from yume_jax.sampling.loop import denoise, evaluate, normal
 
 LAST_STEP = ("spec", "ode")
@@ -29,9 +30,9 @@ def step(x, v, sigma, sigma_next, key, *, eta: float, last: str = "spec"):
     return mean + std * normal(key, x)
 
 
-def sample(velocity, x, sigmas, *, key, eta: float = 0.3, last: str = "spec", frozen=None, pre=None,
+def sample(velocity, x, sigmas, *, key, eta: float = 0.3, last: str = "spec", state=(), frozen=None, pre=None,
            on_step=None):
-    """SDE sampling; step i draws its noise from fold_in(key, i)."""
+    """SDE sampling with a stateful ``velocity`` (loop.py); step i draws its noise from fold_in(key, i)."""
     if key is None:
         raise ValueError("the SDE sampler needs a PRNG key")
     if last not in LAST_STEP:
@@ -39,8 +40,13 @@ def sample(velocity, x, sigmas, *, key, eta: float = 0.3, last: str = "spec", fr
 
     sigmas = jnp.asarray(sigmas, jnp.float32)
 
-    def update(i, x, k):
-        v = evaluate(velocity, x, sigmas[i], frozen)
-        return step(x, v, sigmas[i], sigmas[i + 1], k, eta=eta, last=last)
+    def update(i, x, k, state):
+        v, state = evaluate(velocity, x, sigmas[i], i, state, frozen)
+        return step(x, v, sigmas[i], sigmas[i + 1], k, eta=eta, last=last), state
 
-    return denoise(update, x, sigmas, key=key, frozen=frozen, pre=pre, on_step=on_step)
+    return denoise(update, x, sigmas, state=state, key=key, frozen=frozen, pre=pre, on_step=on_step)
+
+
+@registry.register("sde", stochastic=True)
+def _build(config, velocity, sigmas, **kw):
+    return lambda x, pre=None: sample(velocity, x, sigmas, eta=config.eta, last=config.sde_last, pre=pre, **kw)

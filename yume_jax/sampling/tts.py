@@ -35,7 +35,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from yume_jax.sampling import euler, sde
+from yume_jax.sampling import euler, registry, sde
 from yume_jax.sampling.loop import denoise, evaluate, step_key
 
 
@@ -56,8 +56,9 @@ def check(travel: int, interval: int, repeat: int) -> None:
 
 
 def sample(velocity, x, sigmas, *, step=euler.step, travel: int = 2, interval: int = 2, repeat: int = 1,
-           key=None, frozen=None, pre=None, on_step=None):
-    """TTS with ``step(x, v, sigma, sigma_next, key)`` (``euler.step`` or a bound ``sde.step``)."""
+           state=(), key=None, frozen=None, pre=None, on_step=None):
+    """TTS with ``step(x, v, sigma, sigma_next, key)`` (``euler.step`` or a bound ``sde.step``) and a stateful
+    ``velocity`` (loop.py; every evaluation, look-ahead included, gets the index of the step it visits)."""
     check(travel, interval, repeat)
     sigmas = jnp.asarray(sigmas, jnp.float32)
     n = sigmas.shape[0] - 1
@@ -65,30 +66,32 @@ def sample(velocity, x, sigmas, *, step=euler.step, travel: int = 2, interval: i
     def settle(y, sigma):
         return y if frozen is None else frozen.apply(y, sigma)
 
-    def look_ahead(i, x, v, k):
+    def look_ahead(i, x, v, k, state):
         depth = jnp.minimum(travel - 1, n - 2 - i)
 
-        def one_pass(_, v_redo):
+        def one_pass(_, carry):
+            v_redo, state = carry
             y = settle(step(x, v_redo, sigmas[i], sigmas[i + 1], k).astype(x.dtype), sigmas[i + 1])
 
             def visit(m, carry):
-                y, _ = carry
+                y, _, state = carry
                 j = i + 1 + m
-                v_j = evaluate(velocity, y, sigmas[j], frozen)
+                v_j, state = evaluate(velocity, y, sigmas[j], j, state, frozen)
                 y = settle(step(y, v_j, sigmas[j], sigmas[j + 1], step_key(key, j)).astype(y.dtype), sigmas[j + 1])
-                return y, v_j
+                return y, v_j, state
 
-            return jax.lax.fori_loop(0, depth, visit, (y, v_redo))[1]
+            _, v_new, state = jax.lax.fori_loop(0, depth, visit, (y, v_redo, state))
+            return v_new, state
 
-        return jax.lax.fori_loop(0, repeat, one_pass, v)
+        return jax.lax.fori_loop(0, repeat, one_pass, (v, state))
 
-    def update(i, x, k):
-        v = evaluate(velocity, x, sigmas[i], frozen)
+    def update(i, x, k, state):
+        v, state = evaluate(velocity, x, sigmas[i], i, state, frozen)
         travels = (i % interval == 0) & (i < n - 2)
-        v = jax.lax.cond(travels, lambda: look_ahead(i, x, v, k), lambda: v)
-        return step(x, v, sigmas[i], sigmas[i + 1], k)
+        v, state = jax.lax.cond(travels, lambda: look_ahead(i, x, v, k, state), lambda: (v, state))
+        return step(x, v, sigmas[i], sigmas[i + 1], k), state
 
-    return denoise(update, x, sigmas, key=key, frozen=frozen, pre=pre, on_step=on_step)
+    return denoise(update, x, sigmas, state=state, key=key, frozen=frozen, pre=pre, on_step=on_step)
 
 
 def sample_sde(velocity, x, sigmas, *, key, eta: float = 0.3, last: str = "spec", **kw):
@@ -98,3 +101,22 @@ def sample_sde(velocity, x, sigmas, *, key, eta: float = 0.3, last: str = "spec"
     if last not in sde.LAST_STEP:
         raise ValueError(f"last must be one of {sde.LAST_STEP}, got {last!r}")
     return sample(velocity, x, sigmas, step=functools.partial(sde.step, eta=eta, last=last), key=key, **kw)
+
+
+def _evaluations(config) -> int:
+    t = config.tts
+    return evaluations(config.steps, t.travel, t.interval, t.repeat)
+
+
+@registry.register("tts", evaluations=_evaluations)
+def _build(config, velocity, sigmas, **kw):
+    t = config.tts
+    return lambda x, pre=None: sample(velocity, x, sigmas, travel=t.travel, interval=t.interval, repeat=t.repeat,
+                                      pre=pre, **kw)
+
+
+@registry.register("tts-sde", stochastic=True, evaluations=_evaluations)
+def _build_sde(config, velocity, sigmas, **kw):
+    t = config.tts
+    return lambda x, pre=None: sample_sde(velocity, x, sigmas, eta=config.eta, last=config.sde_last,
+                                          travel=t.travel, interval=t.interval, repeat=t.repeat, pre=pre, **kw)

@@ -28,9 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from yume_jax.models import masking
+from yume_jax.models.conditioning import MASK_CHANNELS, i2v_channels
 from yume_jax.models.layers import F32
-
-MASK_CHANNELS = 4
 
 
 def sample_t(key: jax.Array, batch: int, mean: float = 0.0, std: float = 1.0, shift: float = 3.0) -> jax.Array:
@@ -51,12 +50,9 @@ def interpolate(x0: jax.Array, eps: jax.Array, t: jax.Array) -> jax.Array:
 
 
 def conditioning(x0: jax.Array, num_history: int) -> jax.Array:
-    """(B, 4 + C, F, H, W): mask channels then the clean latents of the conditioning frames (zeros elsewhere)."""
-    b, c, f, h, w = x0.shape
-    n = num_history if num_history > 0 else 1
-    on = (jnp.arange(f) < n).astype(x0.dtype)[None, None, :, None, None]
-    mask = jnp.broadcast_to(on, (b, MASK_CHANNELS, f, h, w))
-    return jnp.concatenate([mask, x0 * on], axis=1)
+    """(B, 4 + C, F, H, W): mask channels then the clean latents of the conditioning frames (zeros elsewhere);
+    the shared builder, :func:`yume_jax.models.conditioning.i2v_channels` (frame 0 always conditions)."""
+    return i2v_channels(x0, num_history)
 
 
 def model_inputs(x0: jax.Array, eps: jax.Array, t: jax.Array, chunk: int, history: str, i2v: bool):

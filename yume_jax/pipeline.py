@@ -1,0 +1,167 @@
+"""The inference pipeline: the components (DiT, VAE, text encoder with its prompt cache, CLIP image encoder
+for I2V models), their mesh, and the compiled samplers (spec/yume.md "Sampling").
+
+A :class:`Pipeline` is shared: any number of exploration sessions (yume_jax/rollout.py) run on one pipeline,
+and the sampler programs are compiled once per (sampler config, chunk length, caching interval, progress
+hook) and then per input shape, so a second session with the same config and shapes compiles nothing.
+Sampling calls are serialised by a lock (one device, many sessions: a web server's browser tabs); the
+per-step progress hook is routed to the calling session, so it is not baked into the program.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from yume_jax import sharding
+from yume_jax.sampling import api as sampling
+from yume_jax.sampling import cache as block_cache
+
+PIPELINE_JSON = "pipeline.json"
+
+
+@dataclass
+class Pipeline:
+    dit: object  # yume_jax.models.loader.DiT
+    vae: object  # yume_jax.vae.WanVAE
+    text_encoder: object  # yume_jax.encoders.TextEncoder
+    image_encoder: object = None  # yume_jax.encoders.ImageEncoder (I2V models)
+    defaults: dict = field(default_factory=dict)  # pipeline.json: defaults for RolloutConfig
+    source: str = ""
+    _samplers: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+    _progress: Optional[Callable] = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def z_dim(self) -> int:
+        return self.vae.cfg.z_dim
+
+    @property
+    def mesh(self):
+        return self.dit.mesh
+
+    @property
+    def conditioned(self) -> bool:
+        """Wan I2V input layout: noisy latents + 4 mask channels + conditioning latents."""
+        return self.dit.config.in_channels == 2 * self.z_dim + 4
+
+    def check(self):
+        c = self.dit.config
+        if c.in_channels not in (self.z_dim, 2 * self.z_dim + 4):
+            raise ValueError(f"DiT takes {c.in_channels} input channels; the VAE has z = {self.z_dim} "
+                             f"(expected {self.z_dim} or {2 * self.z_dim + 4})")
+        if self.text_encoder.config.dim != c.text_dim:
+            raise ValueError(f"text encoder dim {self.text_encoder.config.dim} != DiT text_dim {c.text_dim}")
+        if c.image_dim is not None:
+            if self.image_encoder is None:
+                raise ValueError("this DiT has image cross-attention but the pipeline has no image encoder")
+            if self.image_encoder.config.dim != c.image_dim:
+                raise ValueError(f"image encoder dim {self.image_encoder.config.dim} != DiT image_dim {c.image_dim}")
+
+    def default_cache_blocks(self) -> tuple[int, ...]:
+        """Cached layers when a run names none: pipeline.json's ``cache_blocks``, else the middle half."""
+        if "cache_blocks" in self.defaults:
+            return tuple(self.defaults["cache_blocks"])
+        n = self.dit.config.num_layers
+        return tuple(range(n // 4, n // 4 + n // 2))
+
+    # -- the model seen by the samplers ------------------------------------------------------------
+    def velocity_model(self, chunk_frames: int, cache_refresh: int = 0):
+        """``model(params, x, sigma, ctx) -> v`` shaped like x (zeros on the history frames) for latents
+        [history | chunk of ``chunk_frames``]; ``ctx``: text, [image], [y: I2V channels]. A scalar sigma is
+        Yume 1.0 (history at the chunk's t); a per-position sigma is Yume 1.5 (clean history, t = 0 on it).
+        With ``cache_refresh`` > 0: the stateful ``model(params, x, sigma, ctx, step, cache) -> (v, cache)``
+        with a block residual cache refreshed every ``cache_refresh`` steps (sampling/cache.py)."""
+        dit, n = self.dit, chunk_frames
+
+        def model(params, x, sigma, ctx, *stateful):
+            f = x.shape[2]
+            inp = jnp.concatenate([x, ctx["y"]], axis=1) if "y" in ctx else x
+            sigma = jnp.asarray(sigma, jnp.float32)
+            if sigma.ndim == 0:  # renoise mode: one t for every token
+                t, ht = jnp.broadcast_to(sigma * 1000.0, (x.shape[0],)), None
+            else:  # clean mode: per-position sigma, 0 on history; the chunk's sigma is its last frame's
+                t = jnp.broadcast_to(sigma.reshape(sigma.shape[0], -1)[:, -1] * 1000.0, (x.shape[0],))
+                ht = 0.0
+            kw = dict(chunk=None if n == f else n, history_timestep=ht if n != f else None, runtime=dit.runtime)
+            if stateful:
+                step, cache = stateful
+                kw.update(cache=cache, refresh=block_cache.refreshes(cache_refresh, step))
+            with sharding.use_mesh(dit.mesh):
+                out = nnx.merge(dit.graphdef, params)(inp, t, ctx["text"], ctx.get("image"), **kw)
+            v, cache = out if stateful else (out, None)
+            if n != f:
+                pad = jnp.zeros(x.shape[:2] + (f - n,) + x.shape[3:], v.dtype)
+                v = jnp.concatenate([pad, v], axis=2)
+            v = v.astype(x.dtype)
+            return (v, cache) if stateful else v
+
+        return model
+
+    # -- compiled samplers -------------------------------------------------------------------------
+    def sampler(self, config: sampling.SamplerConfig, chunk_frames: int, *, cache_refresh: int = 0,
+                progress: bool = False) -> sampling.Sampler:
+        """The shared jitted sampler for this key (built on first use; jit then caches per shape)."""
+        key = (config, int(chunk_frames), int(cache_refresh), bool(progress))
+        if key not in self._samplers:
+            self._samplers[key] = sampling.Sampler(config, self.velocity_model(chunk_frames, cache_refresh),
+                                                   on_step=self._on_step if progress else None)
+        return self._samplers[key]
+
+    @property
+    def compiles(self) -> int:
+        """Sampler traces (compiles) over all the samplers of this pipeline."""
+        return sum(s.traces for s in self._samplers.values())
+
+    def _on_step(self, i):
+        if self._progress is not None:
+            self._progress(int(i))
+
+    def sample(self, config: sampling.SamplerConfig, chunk_frames: int, noise, cond, uncond=None, *,
+               key=None, frozen=None, cache: Optional[block_cache.CacheConfig] = None,
+               on_step: Optional[Callable[[int], None]] = None) -> jax.Array:
+        """Denoise [history | chunk] ``noise`` to latents (blocking), with the shared compiled sampler.
+
+        ``cond``/``uncond``: contexts (text, [image], [y]); ``uncond`` is ignored without guidance.
+        ``cache``: block residual caching (its blocks are data: any layout of the same size reuses the
+        program). ``on_step(i)``: called once per sampling step (twice per index with AAM)."""
+        guided = config.cfg_scale != 1.0
+        sampler = self.sampler(config, chunk_frames, cache_refresh=cache.refresh if cache else 0,
+                               progress=on_step is not None)
+        state = None
+        if cache is not None:
+            c = self.dit.config
+            tokens = self.dit.model.num_tokens(noise.shape[2], noise.shape[3], noise.shape[4], chunk_frames)
+            state = block_cache.init(cache, c.num_layers, noise.shape[0] * (2 if guided else 1), tokens, c.dim)
+        with self._lock:
+            self._progress = on_step
+            try:
+                out = sampler(self.dit.params, noise, cond, uncond if guided else None,
+                              key=key if config.stochastic else None, frozen=frozen, state=state)
+                return jax.block_until_ready(out)
+            finally:
+                self._progress = None
+
+
+def load_pipeline(path) -> Pipeline:
+    """A pipeline directory: dit/, vae/, text_encoder/, [image_encoder/], pipeline.json."""
+    import yume_jax
+
+    path = Path(path)
+    for part in ("dit", "vae", "text_encoder"):
+        if not (path / part).is_dir():
+            raise FileNotFoundError(f"{path}: not a yume_jax pipeline directory (missing {part}/)")
+    defaults = json.loads((path / PIPELINE_JSON).read_text()) if (path / PIPELINE_JSON).exists() else {}
+    pipe = Pipeline(dit=yume_jax.load_dit(path / "dit"), vae=yume_jax.load_vae(path / "vae"),
+                    text_encoder=yume_jax.load_text_encoder(path / "text_encoder"),
+                    image_encoder=(yume_jax.load_image_encoder(path / "image_encoder")
+                                   if (path / "image_encoder").is_dir() else None),
+                    defaults=defaults, source=str(path))
+    pipe.check()
+    return pipe

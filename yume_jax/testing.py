@@ -1,0 +1,67 @@
+"""Tiny self-contained pipelines: random weights, real architectures (tests, CPU demos, the explorer's
+default model until a trained one ships).
+
+The only place of the inference side that touches model presets (``configs.models``) and checkpoint
+writing (``yume_jax.convert.core``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from flax import nnx
+
+from yume_jax.pipeline import PIPELINE_JSON, Pipeline
+
+
+def tiny_components(seed: int = 0):
+    """Random tiny DiT (Yume I2V layout), Wan 2.1 VAE, umT5 (ByT5 tokenizer) and CLIP encoders."""
+    from configs.models import get
+    from yume_jax.encoders import ImageEncoder, TextEncoder
+    from yume_jax.encoders import get as enc_get
+    from yume_jax.models.loader import build
+    from yume_jax.vae import PRESETS as VAE_PRESETS
+    from yume_jax.vae.params import init_params
+
+    te_cfg, ie_cfg = enc_get("tiny-umt5"), enc_get("tiny-clip")
+    dit = build(get("tiny-yume", text_dim=te_cfg.dim, image_dim=ie_cfg.dim), seed=seed)
+    vae_cfg = VAE_PRESETS["tiny-2.1"]
+    return dict(dit=dit, vae=(vae_cfg, init_params(vae_cfg, seed)),
+                text_encoder=TextEncoder.random(te_cfg, seed=seed),
+                image_encoder=ImageEncoder.random(ie_cfg, seed=seed))
+
+
+def save_tiny_pipeline(path, seed: int = 0, defaults: dict | None = None) -> Path:
+    """Write a tiny random pipeline directory (dit/, vae/, text_encoder/, image_encoder/, pipeline.json)."""
+    from yume_jax.convert.core import save_module, write_checkpoint
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    comps = tiny_components(seed)
+    save_module(path / "dit", "dit", comps["dit"].cfg.to_dict(), comps["dit"])
+    vae_cfg, vae_params = comps["vae"]
+    write_checkpoint(path / "vae", "vae", vae_cfg.to_dict(), vae_params)
+    te, ie = comps["text_encoder"], comps["image_encoder"]
+    save_module(path / "text_encoder", "t5", te.config.to_dict(), nnx.merge(te.graphdef, te.params))
+    save_module(path / "image_encoder", "clip", ie.config.to_dict(), nnx.merge(ie.graphdef, ie.params))
+    (path / PIPELINE_JSON).write_text(json.dumps(defaults or {"height": 96, "width": 160, "chunk_frames": 2},
+                                                 indent=1))
+    return path
+
+
+def tiny_t2v_pipeline(seed: int = 1) -> Pipeline:
+    """An in-memory tiny text-to-video Yume pipeline (no image cross-attention, no I2V channels)."""
+    from configs.models import get
+    from yume_jax.encoders import TextEncoder
+    from yume_jax.encoders import get as enc_get
+    from yume_jax.models.loader import DiT, build
+    from yume_jax.models.yume import add_yume_extras
+    from yume_jax.vae import PRESETS, WanVAE
+    from yume_jax.vae.params import init_params
+
+    te = TextEncoder.random(enc_get("tiny-umt5"), seed=seed)
+    dit = DiT(add_yume_extras(build(get("tiny-t2v", text_dim=te.config.dim), seed=seed)))
+    cfg = PRESETS["tiny-2.1"]
+    pipe = Pipeline(dit=dit, vae=WanVAE(cfg, init_params(cfg, seed)), text_encoder=te)
+    pipe.check()
+    return pipe
