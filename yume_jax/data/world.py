@@ -670,6 +670,27 @@ class Clip:
     scene: Scene
 
 
+def _walk(rng: np.random.Generator, script: list[Step], cfg: WorldConfig) -> tuple[np.ndarray, Scene]:
+    yaw = float(rng.uniform(-math.pi, math.pi))
+    c2w = simulate(script, cfg, yaw=yaw)
+    return c2w, make_scene(rng, c2w[:, [0, 2], 3], cfg)
+
+
+def render_walk(seed, script: list[Step], cfg: WorldConfig = WorldConfig(),
+                frames=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The exact continuation of a start view along a script, rendering only the frame indices ``frames``
+    (default: all): the world, poses and frames are those of ``make_clip(seed, script=script)`` (frame 0 is
+    the start view). Returns (frames uint8 (len(frames), H, W, 3), c2w of ALL frames (N, 4, 4), K)."""
+    c2w, scene = _walk(np.random.default_rng(seed), script, cfg)
+    idx = range(len(c2w)) if frames is None else [int(i) for i in frames]
+    for i in idx:
+        if not 0 <= i < len(c2w):
+            raise ValueError(f"frame {i} outside the walk's {len(c2w)} frames")
+    out = np.stack([render(scene, c2w[i], cfg) for i in idx]) if len(idx) else np.zeros(
+        (0, cfg.height, cfg.width, 3), np.uint8)
+    return out, c2w, cfg.intrinsics()
+
+
 def make_clip(seed, num_frames: int = 160, cfg: WorldConfig = WorldConfig(), script: list[Step] | None = None,
               progress: bool = False) -> Clip:
     """A clip: a random (or given) script, its exact trajectory, a world built around it, the frames."""
@@ -681,9 +702,7 @@ def make_clip(seed, num_frames: int = 160, cfg: WorldConfig = WorldConfig(), scr
     actions = expand(script)
     if len(actions) != num_frames - 1:
         raise ValueError(f"script has {len(actions)} frame pairs, clip needs {num_frames - 1}")
-    yaw = float(rng.uniform(-math.pi, math.pi))
-    c2w = simulate(script, cfg, yaw=yaw)
-    scene = make_scene(rng, c2w[:, [0, 2], 3], cfg)
+    c2w, scene = _walk(rng, script, cfg)
     it = range(num_frames)
     if progress:
         from tqdm import tqdm
