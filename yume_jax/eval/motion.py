@@ -46,11 +46,12 @@ class MotionConfig:
     lk_levels: int = 4
     fb_error: float = 0.002  # forward-backward tracking error allowed, fraction of the width (>= 0.75 px)
     ransac_threshold: float = 0.0015  # RANSAC reprojection threshold, fraction of the width (>= 0.75 px)
-    min_tracks: int = 24  # fewer tracks first -> last: invalid
-    min_inlier_ratio: float = 0.5  # of the tracks, for the chosen model
-    parallax_threshold: float = 0.006  # median rotation-compensated parallax (fraction of width): translating
+    min_tracks: int = 12  # fewer tracks first -> last: invalid
+    min_inlier_ratio: float = 0.3  # of the tracks, for the chosen model
+    parallax_threshold: float = 0.002  # median rotation-compensated parallax (fraction of width): translating
+    parallax_min_px: float = 1.0  # ... and at least this many pixels (the tracking noise floor)
     translation_threshold: float = math.sin(math.radians(22.5))  # on the unit translation direction
-    rotation_threshold_deg: float = 1.5  # over the estimated interval (one chunk)
+    rotation_threshold_deg: float = 2.5  # over the estimated interval (one chunk: nominal tilt 5, turn 15)
     essential_method: str = "magsac"  # robust estimator of the essential matrix: magsac (USAC) | ransac
 
 
@@ -158,7 +159,7 @@ def estimate(frames: Sequence[np.ndarray], K: np.ndarray, cfg: MotionConfig = Mo
     pa = ba @ R_h.T
     pred = pa[:, :2] / np.maximum(pa[:, 2:], 1e-9)
     parallax = float(np.median(np.linalg.norm(pred - xb, axis=1))) * f / w
-    if parallax < cfg.parallax_threshold:
+    if parallax * w < max(cfg.parallax_threshold * w, cfg.parallax_min_px):
         inl = int(np.sum(np.linalg.norm(pred - xb, axis=1) < 3 * thr))
         if inl < cfg.min_inlier_ratio * n:
             return _invalid(f"rotation model: {inl}/{n} inliers", n, inl, parallax)
