@@ -115,12 +115,12 @@ def fidelity(chunks: Sequence[np.ndarray], truth: Sequence[np.ndarray]) -> dict:
 
 def reversal_latency(labels: Sequence[ChunkLabel], at: int) -> dict:
     """Chunks from chunk ``at`` (the first of the new command) until one follows it (0: at once), on the
-    component that changed (keys or mouse); ``followed`` False if it never does (latency = chunks left)."""
+    component that changed (keys, mouse or both); ``followed`` False if it never does (latency = chunks left)."""
     new = labels[at].commanded
     old = labels[at - 1].commanded
-    comp = "keys" if new.keys != old.keys else "mouse"
+    comp = "both" if new.keys != old.keys and new.mouse != old.mouse else "keys" if new.keys != old.keys else "mouse"
     for j, lab in enumerate(labels[at:]):
-        if (lab.keys_ok if comp == "keys" else lab.mouse_ok):
+        if {"keys": lab.keys_ok, "mouse": lab.mouse_ok, "both": lab.both_ok}[comp]:
             return dict(latency=j, followed=True, component=comp)
     return dict(latency=len(labels) - at, followed=False, component=comp)
 
