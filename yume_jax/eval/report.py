@@ -129,6 +129,8 @@ def contact_sheet(run: dict, path: Path, max_cases: int = 6, max_frames: int = 9
     from PIL import Image
 
     rows = []
+    max_frames = min(max_frames, max((len(c.get("_frames", {}).get("generated", [])) for c in run["cases"]),
+                                     default=0))
     for c in run["cases"][:max_cases]:
         fr = c.get("_frames")
         if not fr:
