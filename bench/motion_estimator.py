@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing as mp
 import sys
 import time
@@ -119,9 +118,9 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(summary=summary, rows=rows), indent=1, ensure_ascii=False))
     print(json.dumps({k: v for k, v in summary.items() if k not in ("config",)}, indent=1, ensure_ascii=False))
-    print(f"| {summary['height']}x{summary['width']} | {a.frames} | {n} | {summary['keys']:.3f} | {summary['mouse']:.3f} "
-          f"| {summary['both']:.3f} | {summary['mouse_when_not_moving']:.3f} | {summary['rotation_error_median_deg']:.2f} "
-          f"| {summary['rotation_error_p90_deg']:.2f} |")
+    s = summary
+    print(f"| {s['height']}x{s['width']} | {a.frames} | {n} | {s['keys']:.3f} | {s['mouse']:.3f} | {s['both']:.3f} "
+          f"| {s['mouse_when_not_moving']:.3f} | {s['rotation_error_median_deg']:.2f} | {s['rotation_error_p90_deg']:.2f} |")
     print(f"wrote {out}", file=sys.stderr)
 
 

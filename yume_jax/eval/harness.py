@@ -96,7 +96,8 @@ class Video:
 
 
 def _opposite(a: Action) -> Action:
-    swap = str.maketrans({"W": "S", "S": "W", "A": "D", "D": "A", "→": "←", "←": "→", "↑": "↓", "↓": "↑"})
+    swap = str.maketrans({"W": "S", "S": "W", "A": "D", "D": "A",
+                          "→": "←", "←": "→", "↑": "↓", "↓": "↑"})
     keys = a.keys.translate(swap)
     keys = "+".join(sorted(keys.split("+"), key=lambda k: k not in "WS")) if keys != "None" else keys
     return Action(keys, a.mouse.translate(swap))

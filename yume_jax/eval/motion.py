@@ -2,9 +2,9 @@
 by classical two-view geometry (OpenCV), labelled with Algorithm 1 (spec/yume.md "Camera-motion
 quantization (QCM), Algorithm 1").
 
-Method (:func:`estimate`): Shi-Tomasi corners of the first frame are tracked with pyramidal
-Lucas-Kanade from the first frame into each later one (seeded by the previous position: no drift) (forward-backward checked, so occlusions, sky and noise drop out); the surviving
-tracks give correspondences between the first and the last frame in normalised camera coordinates
+Method (:func:`estimate`): Shi-Tomasi corners of the first frame are tracked frame to frame with
+pyramidal Lucas-Kanade (each step forward-backward checked, so occlusions, sky and noise drop out); the
+surviving tracks give correspondences between the first and the last frame in normalised camera coordinates
 (the pipeline's nominal pinhole intrinsics). Two models are fitted with RANSAC:
 
 - rotation only: a homography (for a purely rotating camera it is R), whose RANSAC inliers give R by

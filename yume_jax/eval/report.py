@@ -59,7 +59,8 @@ def markdown(report: dict) -> str:
                          f"| {_fmt(s['boundary_ratio'], '.2f')} | {_fmt(s['flicker'], '.4f')} "
                          f"| {_fmt(s['seconds_per_chunk'], '.2f')} |")
     else:
-        lines += ["| run | IF keys | IF mouse | IF both | boundary ratio | flicker | s/chunk |", "|---|---|---|---|---|---|---|"]
+        lines += ["| run | IF keys | IF mouse | IF both | boundary ratio | flicker | s/chunk |",
+                  "|---|---|---|---|---|---|---|"]
         for r in report["runs"]:
             s = r["summary"]
             lines.append(f"| {r['spec']['name']} | {_fmt(s['if_keys'])} | {_fmt(s['if_mouse'])} | {_fmt(s['if_both'])} "
