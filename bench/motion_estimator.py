@@ -120,7 +120,8 @@ def main(argv=None):
     print(json.dumps({k: v for k, v in summary.items() if k not in ("config",)}, indent=1, ensure_ascii=False))
     s = summary
     print(f"| {s['height']}x{s['width']} | {a.frames} | {n} | {s['keys']:.3f} | {s['mouse']:.3f} | {s['both']:.3f} "
-          f"| {s['mouse_when_not_moving']:.3f} | {s['rotation_error_median_deg']:.2f} | {s['rotation_error_p90_deg']:.2f} |")
+          f"| {s['mouse_when_not_moving']:.3f} | {s['rotation_error_median_deg']:.2f} "
+          f"| {s['rotation_error_p90_deg']:.2f} |")
     print(f"wrote {out}", file=sys.stderr)
 
 

@@ -4,8 +4,8 @@ quantization (QCM), Algorithm 1").
 
 Method (:func:`estimate`): Shi-Tomasi corners of the first frame are tracked frame to frame with
 pyramidal Lucas-Kanade (each step forward-backward checked, so occlusions, sky and noise drop out); the
-surviving tracks give correspondences between the first and the last frame in normalised camera coordinates
-(the pipeline's nominal pinhole intrinsics). Two models are fitted with RANSAC:
+surviving tracks give correspondences between the first and the last frame in normalised camera
+coordinates (the pipeline's nominal pinhole intrinsics). Two models are fitted with RANSAC:
 
 - rotation only: a homography (for a purely rotating camera it is R), whose RANSAC inliers give R by
   least squares on the bearing vectors (Kabsch, ``scipy.spatial.transform.Rotation.align_vectors``);
@@ -13,9 +13,10 @@ surviving tracks give correspondences between the first and the last frame in no
   unit translation direction.
 
 The "no translation" decision is the parallax: the median distance (as a fraction of the image width)
-between where the rotation-only model puts the tracked points and where they are. Below
-``parallax_threshold`` the camera only turned (R from the homography, t = 0); above, R and t come from
-the essential matrix. Too few tracks or too few RANSAC inliers make the estimate ``valid=False``
+between where the rotation-only model puts the tracked points and where they are. Below the larger of
+``parallax_threshold`` and ``parallax_min_px`` pixels (the tracking noise floor) the camera only turned
+(R from the rotation model, t = 0); above, R and t come from the essential matrix. Too few tracks or
+too few RANSAC inliers make the estimate ``valid=False``
 (textureless, noise, cuts): it is never given a label, and counts as a miss in instruction following.
 
 :func:`label` turns a :class:`Motion` into an :class:`~yume_jax.camera.Action` with
