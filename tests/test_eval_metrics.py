@@ -64,7 +64,7 @@ def test_reversal_latency_counts_chunks():
 def test_boundary_jumps_show():
     rng = np.random.default_rng(0)
     base = rng.integers(0, 200, (32, 32, 3)).astype(np.uint8)
-    chunks = [np.stack([base + i for i in range(4)]).astype(np.uint8) for _ in range(3)]  # resets each chunk
+    chunks = [np.stack([base + i for i in range(1, 7)]).astype(np.uint8) for _ in range(3)]  # resets each chunk
     s = metrics.smoothness(base, chunks)
     assert s["boundary_ratio"] > 2.0
     smooth = metrics.smoothness(base, [np.stack([base + 4 * k + i + 1 for i in range(4)]).astype(np.uint8)
