@@ -695,6 +695,21 @@ def plan_clip(seed, num_frames: int = 160, cfg: WorldConfig = WorldConfig(), scr
     return script, actions, c2w, scene
 
 
+def render_walk(seed, script: list[Step], cfg: WorldConfig = WorldConfig(),
+                frames=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The exact continuation of a start view along a script, rendering only the frame indices ``frames``
+    (default: all): the world, poses and frames are those of ``make_clip(seed, script=script)`` (frame 0 is
+    the start view). Returns (frames uint8 (len(frames), H, W, 3), c2w of ALL frames (N, 4, 4), K)."""
+    _, _, c2w, scene = plan_clip(seed, len(expand(script)) + 1, cfg, script)
+    idx = range(len(c2w)) if frames is None else [int(i) for i in frames]
+    for i in idx:
+        if not 0 <= i < len(c2w):
+            raise ValueError(f"frame {i} outside the walk's {len(c2w)} frames")
+    out = np.stack([render(scene, c2w[i], cfg) for i in idx]) if len(idx) else np.zeros(
+        (0, cfg.height, cfg.width, 3), np.uint8)
+    return out, c2w, cfg.intrinsics()
+
+
 def make_clip(seed, num_frames: int = 160, cfg: WorldConfig = WorldConfig(), script: list[Step] | None = None,
               progress: bool = False, backend: str = "numpy") -> Clip:
     """A clip: a random (or given) script, its exact trajectory, a world built around it, the frames.

@@ -1,0 +1,1 @@
+"""Evaluation: camera motion from pixels, the sandbox benchmark, metrics, the harness and its reports."""
