@@ -201,11 +201,12 @@ def test_text_only_start_with_a_t2v_model():
     """A model without image cross-attention starts from text alone (no history in the first chunk)."""
     from configs.models import get
     from yume_jax.encoders import TextEncoder
-    from yume_jax.encoders import get as enc_get
+    from yume_jax.presets import encoder as enc_get
     from yume_jax.models.loader import DiT, build
     from yume_jax.models.yume import add_yume_extras
     from yume_jax.rollout import Pipeline
-    from yume_jax.vae import PRESETS, WanVAE
+    from yume_jax.presets import VAE as PRESETS
+    from yume_jax.vae import WanVAE
     from yume_jax.vae.params import init_params
 
     te = TextEncoder.random(enc_get("tiny-umt5"), seed=1)

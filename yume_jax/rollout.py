@@ -305,11 +305,11 @@ class Session:
 
 def tiny_components(seed: int = 0):
     """Random tiny DiT (Yume I2V layout), Wan 2.1 VAE, umT5 (ByT5 tokenizer) and CLIP encoders."""
-    from configs.models import get
+    from yume_jax.presets import dit as get
     from yume_jax.encoders import ImageEncoder, TextEncoder
-    from yume_jax.encoders import get as enc_get
+    from yume_jax.presets import encoder as enc_get
     from yume_jax.models.loader import build
-    from yume_jax.vae import PRESETS as VAE_PRESETS
+    from yume_jax.presets import VAE as VAE_PRESETS
     from yume_jax.vae.params import init_params
 
     te_cfg, ie_cfg = enc_get("tiny-umt5"), enc_get("tiny-clip")
@@ -322,7 +322,7 @@ def tiny_components(seed: int = 0):
 
 def save_tiny_pipeline(path, seed: int = 0, defaults: dict | None = None) -> Path:
     """Write a tiny random pipeline directory (dit/, vae/, text_encoder/, image_encoder/, pipeline.json)."""
-    from yume_jax.convert.core import save_module, write_checkpoint
+    from yume_jax.core.checkpoint import save_module, write_checkpoint
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
