@@ -77,13 +77,15 @@ def test_fill_creates_what_the_source_lacks_only_through_the_callback():
 def test_checkpoint_round_trip_with_extras_and_family_check(tmp_path):
     t = tensors()
     write_checkpoint(tmp_path / "c", "dit", {"dim": 4}, {**t, "unused.weight": np.zeros(2, np.float32)},
-                     source_naming="wan", extras=["unused.weight"])
+                     source_naming="wan", extras=["unused.weight", "head.kernel"])
     meta = json.loads((tmp_path / "c" / JAX_META).read_text())
     assert meta == {"format": 1, "family": "dit", "config": {"dim": 4}, "source_naming": "wan",
-                    "extras": ["unused.weight"]}
+                    "extras": ["unused.weight", "head.kernel"]}
     src = open_checkpoint(tmp_path / "c", "dit")
-    out = fill(abstract(), src)  # the listed extra is not an unexpected key
+    out = fill(abstract(), src)  # an extra the model lacks is no unexpected key; one it has is read
     np.testing.assert_array_equal(np.asarray(out["blocks"]["w"][2]), t["blocks.2.w"])
+    np.testing.assert_array_equal(np.asarray(out["head"]["kernel"], np.float32),
+                                  t["head.kernel"].astype(jnp.bfloat16).astype(np.float32))
     with pytest.raises(CheckpointError, match="holds a 'dit' model, not 'vae'"):
         open_checkpoint(tmp_path / "c", "vae")
     write_checkpoint(tmp_path / "d", "dit", {}, {"x": np.zeros(1, np.float32)})

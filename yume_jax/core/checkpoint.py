@@ -11,7 +11,8 @@ or interrupted write never leaves a DST that looks valid.
 :func:`fill` is how every family (DiT, VAE, encoders, the trainer) gets its parameters: one policy for
 names the model has and the checkpoint lacks (an error, unless ``create`` makes them: the Yume extras
 when a run starts from Wan, spec/yume.md "History embeddings"), for names the checkpoint has and the
-model lacks (an error, except the ``extras`` the metadata lists), for stacked layers present only in
+model lacks (an error, except the ``extras`` the metadata lists: read when the model has them, else
+left alone), for stacked layers present only in
 part (an error), for shapes (must match) and dtypes (cast to the model's, or ``dtype``).
 """
 from __future__ import annotations
@@ -105,7 +106,8 @@ def fill(abstract, source: TensorSource | Mapping[str, np.ndarray], *, dtype=Non
     A parameter the source lacks is made by ``create(name, abstract_leaf)`` when that returns something
     (a NumPy array is cast and placed, a JAX array kept as is), else it is a "missing key" error. A
     parameter of which only some layers are present, a shape mismatch, and a source tensor the model
-    does not use (other than the ``extras`` the source's metadata lists) are errors too.
+    does not use (other than the ``extras`` the source's metadata lists: tensors a converter kept that
+    some configurations use, e.g. the Yume history embeddings, the CLIP text tower) are errors too.
     """
     from flax import nnx
 
@@ -115,7 +117,7 @@ def fill(abstract, source: TensorSource | Mapping[str, np.ndarray], *, dtype=Non
         src = ArraySource(source, path=file)
     where = src.path if file is None else file
     extras = set((src.meta or {}).get("extras", []))
-    have = set(src.keys()) - extras
+    have = set(src.keys())
     used: set[str] = set()
     put = place or (lambda name, arr: jnp.asarray(arr))
 
@@ -154,7 +156,7 @@ def fill(abstract, source: TensorSource | Mapping[str, np.ndarray], *, dtype=Non
         out = nnx.merge(graphdef, P.map_named(state, get))
     else:
         out = P.map_named(abstract, get)
-    unknown = sorted(have - used)
+    unknown = sorted(have - used - extras)
     if unknown:
         raise CheckpointError(f"unexpected key (not part of the model; {len(unknown)} in all)", file=where,
                               key=unknown[0])
