@@ -108,6 +108,7 @@ def test_live_buffers_flat(vae, data):
 RSS_SCRIPT = """
 import json, os, sys
 import numpy as np
+from yume_jax import presets
 from yume_jax.vae import WanVAE
 from yume_jax.vae.params import init_params
 cfg = presets.vae("tiny-2.2", decoder_base_dim=4)
