@@ -23,7 +23,7 @@ import numpy as np
 def write_synthetic(path: Path, dim: int, ffn: int, layers: int) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from yume_jax.convert.dit import entries
-    from yume_jax.convert.tensors import SafetensorsWriter
+    from yume_jax.core.tensors import SafetensorsWriter
     from yume_jax.models.config import DiTConfig
 
     cfg = DiTConfig(dim=dim, ffn_dim=ffn, num_heads=dim // 128, num_layers=layers, in_channels=36,

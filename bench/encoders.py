@@ -41,7 +41,8 @@ import torch.nn.functional as F  # noqa: E402
 from yume_jax.convert import clip as clip_names  # noqa: E402
 from yume_jax.convert import t5 as t5_names  # noqa: E402
 from yume_jax.convert.core import transpose  # noqa: E402
-from yume_jax.encoders import ImageEncoder, PromptCache, TextEncoder, get  # noqa: E402
+from yume_jax.encoders import ImageEncoder, PromptCache, TextEncoder  # noqa: E402
+from yume_jax.presets import encoder as get  # noqa: E402
 from yume_jax.encoders.clip import CLIP_MEAN, CLIP_STD  # noqa: E402
 from yume_jax.models import params as P  # noqa: E402
 

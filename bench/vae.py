@@ -70,10 +70,10 @@ def child_jax(a) -> None:
     import jax
 
     import yume_jax
-    from yume_jax.vae import config
+    from yume_jax import presets
 
     preset, h, w = (TINY if a.tiny else FULL)[a.version]
-    cfg = config.get(preset)
+    cfg = presets.vae(preset)
     dev = jax.devices()[0]
     t0 = time.perf_counter()
     vae = yume_jax.load_vae(Path(a.work) / f"{a.version}-jax", dtype=a.dtype, latents_per_step=a.lps)
@@ -116,10 +116,10 @@ def child_torch(a) -> None:
     import torch
     from diffusers import AutoencoderKLWan
 
-    from yume_jax.vae import config
+    from yume_jax import presets
 
     preset, h, w = (TINY if a.tiny else FULL)[a.version]
-    cfg = config.get(preset)
+    cfg = presets.vae(preset)
     cuda = torch.cuda.is_available() and not a.tiny
     dev = torch.device("cuda" if cuda else "cpu")
     dt = {"float32": torch.float32, "bfloat16": torch.bfloat16}[a.dtype]
@@ -174,10 +174,10 @@ def child_stream(a) -> None:
     import jax
 
     import yume_jax
-    from yume_jax.vae import config
+    from yume_jax import presets
 
     preset, h, w = (TINY if a.tiny else FULL)[a.version]
-    cfg = config.get(preset)
+    cfg = presets.vae(preset)
     vae = yume_jax.load_vae(Path(a.work) / f"{a.version}-jax", dtype=a.dtype)
     _, lat = inputs(cfg, 5, h, w)
     dev = jax.devices()[0]
@@ -200,11 +200,11 @@ def child_stream(a) -> None:
 
 def write_checkpoints(version: str, tiny: bool, work: Path) -> None:
     from yume_jax.convert import convert, save_safetensors
-    from yume_jax.vae import config
+    from yume_jax import presets
     from yume_jax.vae.params import init_params
 
     preset = (TINY if tiny else FULL)[version][0]
-    cfg = config.get(preset)
+    cfg = presets.vae(preset)
     jd = work / f"{version}-jax"
     jd.mkdir()
     save_safetensors(jd / "params.safetensors", init_params(cfg, seed=0))

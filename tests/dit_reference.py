@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from yume_jax.convert.tensors import save_safetensors
+from yume_jax.core.tensors import save_safetensors
 
 TINY = dict(num_attention_heads=4, attention_head_dim=16, text_dim=32, freq_dim=32, ffn_dim=96, num_layers=2,
             patch_size=(1, 2, 2), cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6)

@@ -89,7 +89,7 @@ def test_bicubic_matches_torch():
 def test_vit_h_preset_matches_conversion_table():
     """ViT-H/14 (abstract): 257 tokens, ~632M visual parameters; the Wan-naming table covers the model exactly."""
     from yume_jax.convert.clip import rows
-    from yume_jax.encoders import get
+    from yume_jax.presets import encoder as get
     from yume_jax.encoders.clip import VisionTransformer
     from yume_jax.models import params as P
 

@@ -13,7 +13,7 @@ import torch
 from dit_reference import save_diffusers_dir, save_wan_file, tiny_diffusers, to_numpy
 
 from yume_jax.convert import convert, load_safetensors, save_safetensors
-from yume_jax.convert.tensors import ConversionError
+from yume_jax.core.tensors import ConversionError
 
 
 def _bits_equal(a: dict, b: dict) -> None:
@@ -188,7 +188,7 @@ def test_existing_destination_is_not_touched(tmp_path, wan_file):
 
 
 def test_interrupted_conversion_leaves_no_valid_destination(tmp_path, wan_file, monkeypatch):
-    from yume_jax.convert import tensors
+    from yume_jax.core import tensors
 
     calls = {"n": 0}
     orig = tensors.SafetensorsWriter.write

@@ -217,19 +217,19 @@ def test_cli_with_real_tiny_models(raw_root, tmp_path):
     import yume_jax
     from train import build_latents
     from yume_jax.convert.__main__ import main as convert_main
-    from yume_jax.vae import config as vae_config
+    from yume_jax.presets import vae as vae_preset
     from yume_jax.vae.reference import diffusers_model
 
-    diffusers_model(vae_config.get("tiny-2.1"), seed=0).save_pretrained(tmp_path / "vae")
+    diffusers_model(vae_preset("tiny-2.1"), seed=0).save_pretrained(tmp_path / "vae")
     torch.manual_seed(0)
     UMT5EncoderModel(UMT5Config(vocab_size=389, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4)).eval() \
         .save_pretrained(tmp_path / "t5_hf")
     assert convert_main([str(tmp_path / "t5_hf"), str(tmp_path / "t5"), "--no-progress"]) == 0
     from flax import nnx
 
-    from yume_jax.convert.core import save_module
+    from yume_jax.core.checkpoint import save_module
     from yume_jax.encoders import ImageEncoder
-    from yume_jax.encoders import get as enc_get
+    from yume_jax.presets import encoder as enc_get
     ie = ImageEncoder.random(enc_get("tiny-clip"), seed=1)
     save_module(tmp_path / "clip", "clip", ie.config.to_dict(), nnx.merge(ie.graphdef, ie.params))
     out = tmp_path / "lat"

@@ -7,7 +7,8 @@ from transformers import UMT5Config, UMT5EncoderModel
 
 import yume_jax
 from yume_jax.convert import convert
-from yume_jax.encoders import DEFAULT_CACHE, PromptCache, TextEncoder, get
+from yume_jax.encoders import DEFAULT_CACHE, PromptCache, TextEncoder
+from yume_jax.presets import encoder as get
 
 
 class Counter:

@@ -61,3 +61,35 @@ def test_every_parameter_has_a_rule():
     for name, leaf in P.flatten(nnx.state(model)).items():
         axes = sharding.param_axes(name, len(leaf.shape))
         assert len(axes) == len(leaf.shape)
+
+
+@pytest.mark.parametrize("family,preset", [("t5", "umt5-xxl"), ("clip", "clip-vit-h-14"), ("vae", "wan2.2")])
+def test_every_encoder_and_vae_parameter_has_a_rule(family, preset):
+    """Each family's table covers its real-size model (abstract); umT5 and CLIP put heads and FFN units on
+    "tensor" and the width on "fsdp", the VAE is replicated."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from yume_jax import presets
+    from yume_jax.core import params as P
+    from yume_jax.encoders.clip import VisionTransformer
+    from yume_jax.encoders.t5 import UMT5Encoder
+    from yume_jax.vae.model import WanVAEModel
+
+    if family == "vae":
+        make = lambda: WanVAEModel(presets.vae(preset), rngs=nnx.Rngs(0))  # noqa: E731
+    else:
+        cls = UMT5Encoder if family == "t5" else VisionTransformer
+        make = lambda: cls(presets.encoder(preset), rngs=nnx.Rngs(0), param_dtype=jnp.bfloat16)  # noqa: E731
+    flat = {k: tuple(v.shape) for k, v in P.flatten(nnx.state(nnx.eval_shape(make))).items()}
+    mesh = sharding.make_mesh({"fsdp": 2, "tensor": 4})
+    specs = {k: s.spec for k, s in sharding.param_shardings(flat, mesh, family).items()}
+    if family == "vae":
+        assert all(all(a is None for a in spec) for spec in specs.values())
+    else:
+        q = next(k for k in flat if k.endswith("attn.q.kernel"))
+        assert tuple(specs[q]) == (None, "fsdp", "tensor")
+    with pytest.raises(KeyError, match="no sharding rules for model family"):
+        sharding.param_axes("x.kernel", 2, "discriminator")
+    with pytest.raises(KeyError, match="no sharding rule for dit parameter"):
+        sharding.param_axes("surprise.weight", 2)

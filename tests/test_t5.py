@@ -93,7 +93,7 @@ def test_umt5_xxl_preset_matches_conversion_table():
     from flax import nnx
 
     from yume_jax.convert.t5 import entries
-    from yume_jax.encoders import get
+    from yume_jax.presets import encoder as get
     from yume_jax.encoders.t5 import UMT5Encoder
     from yume_jax.models import params as P
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from yume_jax.vae import WanVAE, config
+from yume_jax import presets
+from yume_jax.vae import WanVAE
 from yume_jax.vae.reference import diffusers_model, params_from_diffusers
 
 # tiny configs with the real strides; non-square frames
@@ -20,7 +21,7 @@ def rel(a, b):
 
 @pytest.fixture(scope="module", params=sorted(CASES))
 def case(request):
-    cfg = config.get(request.param)
+    cfg = presets.vae(request.param)
     ref = diffusers_model(cfg, seed=1)
     return request.param, cfg, ref, WanVAE(cfg, params_from_diffusers(ref, cfg))
 

@@ -19,6 +19,7 @@ from flax import nnx
 from yume_jax.convert import ConversionError, convert, load_safetensors, save_safetensors
 from yume_jax.convert.__main__ import main as convert_cli
 from yume_jax.convert.vae import entries
+from yume_jax import presets
 from yume_jax.vae import WanVAE, config, load_vae
 from yume_jax.vae.reference import diffusers_model
 
@@ -75,7 +76,7 @@ def wan_state(m, cfg) -> dict:
 
 @pytest.fixture(scope="module", params=["tiny-2.1", "tiny-2.2"])
 def model(request, tmp_path_factory):
-    cfg = config.get(request.param)
+    cfg = presets.vae(request.param)
     m = diffusers_model(cfg, seed=7)
     d = tmp_path_factory.mktemp(request.param)
     m.save_pretrained(d / "diffusers")
@@ -150,7 +151,7 @@ def test_mismatched_checkpoints(model, tmp_path):
     with pytest.raises(ConversionError, match="not a Wan VAE"):
         load_vae(tmp_path / "other.safetensors")
     # parameters of one VAE with the config of the other
-    other = config.get("tiny-2.2" if cfg == config.get("tiny-2.1") else "tiny-2.1")
+    other = presets.vae("tiny-2.2" if cfg == presets.vae("tiny-2.1") else "tiny-2.1")
     convert(d / "Wan_VAE.pth", tmp_path / "j", progress=False)
     with pytest.raises(ConversionError, match="shape|missing|unexpected"):
         WanVAE(other, load_safetensors(tmp_path / "j" / "params.safetensors"))

@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from yume_jax.vae import StreamState, WanVAE, config
+from yume_jax import presets
+from yume_jax.vae import StreamState, WanVAE
 from yume_jax.vae.params import init_params
 
 H, W = 32, 48  # non-square, tiny-2.2 strides (latent 2 x 3)
@@ -21,7 +22,7 @@ def rel(a, b):
 
 @pytest.fixture(scope="module")
 def vae():
-    cfg = config.get("tiny-2.2")
+    cfg = presets.vae("tiny-2.2")
     return WanVAE(cfg, init_params(cfg, seed=0))
 
 
@@ -63,7 +64,7 @@ def test_saved_state_resumes(vae, data, tmp_path):
         vae.stream_decode(lat[:, :, 3:], state)
     loaded = StreamState.load(tmp_path / "dec.npz")
     assert loaded.frames == 3 and loaded.shape == (1, H // 16, W // 16)
-    other = WanVAE(config.get("tiny-2.1"), init_params(config.get("tiny-2.1")))
+    other = WanVAE(presets.vae("tiny-2.1"), init_params(presets.vae("tiny-2.1")))
     with pytest.raises(ValueError, match="different config"):
         other.stream_decode(lat[:, :, 3:, :, :], StreamState.load(tmp_path / "dec.npz"))
     resumed, _ = vae.stream_decode(lat[:, :, 3:], loaded)
@@ -107,9 +108,10 @@ def test_live_buffers_flat(vae, data):
 RSS_SCRIPT = """
 import json, os, sys
 import numpy as np
-from yume_jax.vae import WanVAE, config
+from yume_jax import presets
+from yume_jax.vae import WanVAE
 from yume_jax.vae.params import init_params
-cfg = config.get("tiny-2.2", decoder_base_dim=4)
+cfg = presets.vae("tiny-2.2", decoder_base_dim=4)
 vae = WanVAE(cfg, init_params(cfg))
 h, w, n = 192, 320, 40
 rng = np.random.default_rng(1)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from yume_jax.vae import Tiling, WanVAE, config
+from yume_jax import presets
+from yume_jax.vae import Tiling, WanVAE
 from yume_jax.vae.reference import diffusers_model, params_from_diffusers
 
 # (pixel H, W, tile, stride): one row of tiles along the width, whose last tile is narrower (2 tile shapes)
@@ -44,7 +45,7 @@ def pointwise(params: dict) -> dict:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_tiling(name):
-    cfg = config.get(name)
+    cfg = presets.vae(name)
     h, w, tile, stride = CASES[name]
     ref = diffusers_model(cfg, seed=5)
     ref.enable_tiling(tile, tile, stride, stride)

@@ -4,9 +4,9 @@ Mesh axes: ``data`` (pure data parallel), ``fsdp`` (data parallel + parameter/op
 ZeRO-3), ``context`` (sequence parallel: video tokens split across devices), ``tensor`` (heads and
 FFN hidden units split across devices).
 
-Every parameter gets logical axes from :func:`param_axes` (by name), activations get them at
-:func:`constrain` calls in the model. :data:`RULES` is the only place that says which mesh axis a
-logical axis lands on. A logical axis whose mesh axes do not divide the array dimension is left
+Every parameter gets logical axes from :func:`param_axes` (by name, from its model family's table in
+:data:`PARAM_RULES`: DiT, umT5, CLIP, VAE), activations get them at :func:`constrain` calls in the model.
+:data:`RULES` is the only place that says which mesh axis a logical axis lands on. A logical axis whose mesh axes do not divide the array dimension is left
 replicated (tiny test models on big meshes), never an error.
 """
 from __future__ import annotations
@@ -93,9 +93,12 @@ def spec(axes: Sequence[str | None], shape: Sequence[int] | None = None, mesh: M
 
 
 # ---------------------------------------------------------------------------------------------
-# parameters: logical axes by name (the checkpoint's flat names, layer axis already stacked)
+# parameters: logical axes by name, one table per model family (the checkpoint's flat names, layer
+# axis already stacked). A rule whose axes are None leaves the parameter replicated.
 
-_PARAM_RULES: list[tuple[str, tuple[str | None, ...]]] = [
+Rules = list[tuple[str, tuple[str | None, ...] | None]]
+
+DIT_RULES: Rules = [
     (r"(self_attn|cross_attn)\.(q|k|v|k_img|v_img)\.kernel$", ("embed", "heads")),
     (r"(self_attn|cross_attn)\.(q|k|v|k_img|v_img)\.bias$", ("heads",)),
     (r"(self_attn|cross_attn)\.o\.kernel$", ("heads", "embed")),
@@ -125,21 +128,57 @@ _PARAM_RULES: list[tuple[str, tuple[str | None, ...]]] = [
     (r"\.scale$", ("embed",)),
 ]
 
+# umT5 (spec/wan.md "Text encoder"): tensor parallel over heads and FFN units, FSDP over the width
+T5_RULES: Rules = [
+    (r"attn\.(q|k|v)\.kernel$", ("embed", "heads")),
+    (r"attn\.o\.kernel$", ("heads", "embed")),
+    (r"ffn\.(fc1|gate)\.kernel$", ("embed", "mlp")),
+    (r"ffn\.fc2\.kernel$", ("mlp", "embed")),
+    (r"pos_embedding\.embedding$", None),  # (buckets, heads) relative position bias: small
+    (r"token_embedding\.embedding$", ("vocab", "embed")),
+    (r"\.scale$", ("embed",)),
+]
 
-def param_axes(name: str, ndim: int) -> tuple[str | None, ...]:
-    """Logical axes of a parameter from its flat name; stacked layers get a leading "layers" axis."""
+# CLIP ViT-H/14 visual tower (spec/wan.md "Image encoder")
+CLIP_RULES: Rules = [
+    (r"attn\.(q|k|v)\.kernel$", ("embed", "heads")),
+    (r"attn\.(q|k|v)\.bias$", ("heads",)),
+    (r"attn\.o\.kernel$", ("heads", "embed")),
+    (r"mlp\.fc1\.kernel$", ("embed", "mlp")),
+    (r"mlp\.fc1\.bias$", ("mlp",)),
+    (r"mlp\.fc2\.kernel$", ("mlp", "embed")),
+    (r"patch_embedding\.kernel$", (None, None, "in", "embed")),
+    (r"pos_embedding$", (None, "embed")),
+    (r"cls_embedding$", ("embed",)),
+    (r"head\.kernel$", ("embed", "out")),
+    (r"\.(bias|scale)$", ("embed",)),
+]
+
+# The VAE (spec/wan.md "VAE"): convolution weights (~0.5 GB) replicated; it runs data parallel on its batch.
+VAE_RULES: Rules = [(r"", None)]
+
+PARAM_RULES: dict[str, Rules] = {"dit": DIT_RULES, "t5": T5_RULES, "clip": CLIP_RULES, "vae": VAE_RULES}
+
+
+def param_axes(name: str, ndim: int, family: str = "dit") -> tuple[str | None, ...]:
+    """Logical axes of a ``family`` parameter from its flat name; stacked layers get a leading "layers" axis."""
+    if family not in PARAM_RULES:
+        raise KeyError(f"no sharding rules for model family {family!r}; known: {sorted(PARAM_RULES)}")
     stacked = name.startswith("blocks.")
-    for pattern, axes in _PARAM_RULES:
+    for pattern, axes in PARAM_RULES[family]:
         if re.search(pattern, name):
+            if axes is None:
+                return (None,) * ndim
             axes = (("layers",) if stacked else ()) + tuple(axes)
             if len(axes) != ndim:
                 raise ValueError(f"{name}: rule {pattern} gives {len(axes)} axes for a {ndim}-d parameter")
             return axes
-    raise KeyError(f"no sharding rule for parameter {name!r} (add one to yume_jax.sharding._PARAM_RULES)")
+    raise KeyError(f"no sharding rule for {family} parameter {name!r} (add one to yume_jax.sharding.PARAM_RULES)")
 
 
-def param_shardings(flat_shapes: dict[str, tuple[int, ...]], mesh: Mesh) -> dict[str, NamedSharding]:
-    return {k: NamedSharding(mesh, spec(param_axes(k, len(s)), s, mesh)) for k, s in flat_shapes.items()}
+def param_shardings(flat_shapes: dict[str, tuple[int, ...]], mesh: Mesh, family: str = "dit"
+                    ) -> dict[str, NamedSharding]:
+    return {k: NamedSharding(mesh, spec(param_axes(k, len(s), family), s, mesh)) for k, s in flat_shapes.items()}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Tiny self-contained pipelines: random weights, real architectures (tests, CPU demos, the explorer's
 default model until a trained one ships).
 
-The only place of the inference side that touches model presets (``configs.models``) and checkpoint
+The only place of the inference side that touches model presets (:mod:`yume_jax.presets`) and checkpoint
 writing (``yume_jax.convert.core``).
 """
 from __future__ import annotations
@@ -16,11 +16,11 @@ from yume_jax.pipeline import PIPELINE_JSON, Pipeline
 
 def tiny_components(seed: int = 0):
     """Random tiny DiT (Yume I2V layout), Wan 2.1 VAE, umT5 (ByT5 tokenizer) and CLIP encoders."""
-    from configs.models import get
+    from yume_jax.presets import dit as get
     from yume_jax.encoders import ImageEncoder, TextEncoder
-    from yume_jax.encoders import get as enc_get
+    from yume_jax.presets import encoder as enc_get
     from yume_jax.models.loader import build
-    from yume_jax.vae import PRESETS as VAE_PRESETS
+    from yume_jax.presets import VAE as VAE_PRESETS
     from yume_jax.vae.params import init_params
 
     te_cfg, ie_cfg = enc_get("tiny-umt5"), enc_get("tiny-clip")
@@ -33,7 +33,7 @@ def tiny_components(seed: int = 0):
 
 def save_tiny_pipeline(path, seed: int = 0, defaults: dict | None = None) -> Path:
     """Write a tiny random pipeline directory (dit/, vae/, text_encoder/, image_encoder/, pipeline.json)."""
-    from yume_jax.convert.core import save_module, write_checkpoint
+    from yume_jax.core.checkpoint import save_module, write_checkpoint
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -51,12 +51,13 @@ def save_tiny_pipeline(path, seed: int = 0, defaults: dict | None = None) -> Pat
 
 def tiny_t2v_pipeline(seed: int = 1) -> Pipeline:
     """An in-memory tiny text-to-video Yume pipeline (no image cross-attention, no I2V channels)."""
-    from configs.models import get
+    from yume_jax.presets import dit as get
     from yume_jax.encoders import TextEncoder
-    from yume_jax.encoders import get as enc_get
+    from yume_jax.presets import encoder as enc_get
     from yume_jax.models.loader import DiT, build
     from yume_jax.models.yume import add_yume_extras
-    from yume_jax.vae import PRESETS, WanVAE
+    from yume_jax.presets import VAE as PRESETS
+    from yume_jax.vae import WanVAE
     from yume_jax.vae.params import init_params
 
     te = TextEncoder.random(enc_get("tiny-umt5"), seed=seed)

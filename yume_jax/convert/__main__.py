@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from yume_jax.convert.core import convert
-from yume_jax.convert.tensors import ConversionError
+from yume_jax.convert.driver import convert
+from yume_jax.core.tensors import ConversionError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from yume_jax.convert.core import Family, Op, Plan, identity, transpose
-from yume_jax.convert.tensors import FLOAT_DTYPES, ConversionError, TensorSource
+from yume_jax.core.tensors import FLOAT_DTYPES, ConversionError, TensorSource
 from yume_jax.encoders.config import ACTIVATIONS, CLIPVisionConfig
 
 HF = "vision_model."

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from yume_jax.convert.core import Family, Op, Plan, identity, transpose
-from yume_jax.convert.tensors import ConversionError, TensorSource
+from yume_jax.core.tensors import ConversionError, TensorSource
 from yume_jax.models.config import DiTConfig
 
 HISTORY_TIERS = ("2x", "4x", "8x", "16x", "2x_f")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from yume_jax.convert.core import Family, Op, Plan, identity, transpose
-from yume_jax.convert.tensors import ConversionError, TensorSource
+from yume_jax.core.tensors import ConversionError, TensorSource
 from yume_jax.encoders.config import BYT5_VOCAB, TOKENIZERS, UMT5Config
 
 UMT5_VOCAB = 256384

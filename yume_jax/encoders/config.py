@@ -1,8 +1,7 @@
-"""Typed configs of the conditioning encoders, with named presets (spec/wan.md "Text encoder", "Image encoder").
+"""Typed configs of the conditioning encoders (spec/wan.md "Text encoder", "Image encoder").
 
 ``UMT5Config`` and ``CLIPVisionConfig`` are architectures: what a converted checkpoint records in
-``yume_jax.json``. ``get("umt5-xxl")`` / ``get("clip-vit-h-14")`` return the real sizes; the ``tiny-*``
-presets are for tests and CPU demos.
+``yume_jax.json``. Named presets (``umt5-xxl``, ``clip-vit-h-14``, ``tiny-*``): :mod:`yume_jax.presets`.
 """
 from __future__ import annotations
 
@@ -89,20 +88,3 @@ class CLIPVisionConfig(_Config):
     @property
     def num_tokens(self) -> int:
         return (self.image_size // self.patch_size) ** 2 + 1
-
-
-PRESETS: dict[str, UMT5Config | CLIPVisionConfig] = {
-    "umt5-xxl": UMT5Config(),
-    "tiny-umt5": UMT5Config(vocab_size=BYT5_VOCAB, dim=32, ffn_dim=48, num_heads=4, head_dim=8, num_layers=2,
-                            tokenizer="byt5"),
-    "clip-vit-h-14": CLIPVisionConfig(),
-    "tiny-clip": CLIPVisionConfig(image_size=42, patch_size=14, dim=32, mlp_dim=64, num_heads=4, num_layers=3,
-                                  proj_dim=16),
-}
-
-
-def get(name: str, **overrides):
-    if name not in PRESETS:
-        raise KeyError(f"unknown encoder preset {name!r}; known: {sorted(PRESETS)}")
-    cfg = PRESETS[name]
-    return cfg.replace(**overrides) if overrides else cfg

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from yume_jax.core.checkpoint import fill, open_checkpoint
 from yume_jax.encoders import checkpoint as ckpt
 from yume_jax.encoders.clip import VisionTransformer, preprocess
 from yume_jax.encoders.config import CLIPVisionConfig
@@ -64,8 +65,8 @@ class ImageEncoder:
 
 def load_image_encoder(path: str | os.PathLike, *, dtype: str | None = None) -> ImageEncoder:
     """Load a converted CLIP visual tower (family ``clip``). ``dtype`` as in ``load_text_encoder``."""
-    src = ckpt.open_checkpoint(path, "clip")
+    src = open_checkpoint(path, "clip")
     cfg = CLIPVisionConfig.from_dict(src.meta["config"])
     dt = ckpt.resolve_dtype(dtype, src)
     abstract = ckpt.build(lambda: VisionTransformer(cfg, rngs=nnx.Rngs(0), param_dtype=dt), abstract=True)
-    return ImageEncoder(ckpt.load_params(src, abstract, cfg.num_layers, dt), dtype=dt)
+    return ImageEncoder(fill(abstract, src), dtype=dt)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from yume_jax.core.checkpoint import fill, open_checkpoint
 from yume_jax.encoders import checkpoint as ckpt
 from yume_jax.encoders.cache import DEFAULT_CACHE, PromptCache
 from yume_jax.encoders.config import UMT5Config
@@ -150,7 +151,7 @@ def load_text_encoder(path: str | os.PathLike, *, dtype: str | None = None,
     ``tokenizer``: override the checkpoint's choice (``umt5`` | ``byt5`` | ``none``). The umT5 tokenizer is
     read from ``tokenizer_dir``, else from ``<path>/tokenizer`` when that exists. ``cache=None`` disables
     the prompt cache."""
-    src = ckpt.open_checkpoint(path, "t5")
+    src = open_checkpoint(path, "t5")
     cfg = UMT5Config.from_dict(src.meta["config"])
     if tokenizer is not None:
         cfg = cfg.replace(tokenizer=tokenizer)
@@ -159,7 +160,7 @@ def load_text_encoder(path: str | os.PathLike, *, dtype: str | None = None,
     tok = load_tokenizer(cfg.tokenizer, tokenizer_dir)
     dt = ckpt.resolve_dtype(dtype, src)
     abstract = ckpt.build(lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0), param_dtype=dt), abstract=True)
-    model = ckpt.load_params(src, abstract, cfg.num_layers, dt)
+    model = fill(abstract, src)
     tok_id = [cfg.tokenizer, os.path.abspath(tokenizer_dir) if tokenizer_dir else None]
     ident = ckpt.identity(src, dtype=dt.name, tokenizer=tok_id, text_len=text_len)
     return TextEncoder(model, dtype=dt, tokenizer=tok, text_len=text_len, cache=cache, identity=ident)

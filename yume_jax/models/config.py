@@ -2,7 +2,7 @@
 
 ``DiTConfig`` is the architecture: it is what a checkpoint records. ``Runtime`` is how to run it
 (compute dtype, attention backend, remat): chosen at load time, never stored in a checkpoint.
-Named presets live in :mod:`configs.models`.
+Named presets live in :mod:`yume_jax.presets`.
 """
 from __future__ import annotations
 

@@ -10,17 +10,15 @@ encoder_hidden_states_image).sample``. The forward is compiled once per input sh
 from __future__ import annotations
 
 import os
-from functools import partial
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from yume_jax import sharding
-from yume_jax.convert.tensors import JAX_META, ConversionError, open_source
-from yume_jax.models import params as P
+from yume_jax.core import params as P
+from yume_jax.core.checkpoint import fill, open_checkpoint, save_module
 from yume_jax.models.config import DiTConfig, Runtime
 
 
@@ -112,7 +110,7 @@ def validate_inputs(cfg: DiTConfig, hidden_states, timestep, text_context, image
 def shard_params(state, mesh):
     flat = P.flatten(state)
     shardings = sharding.param_shardings({k: v.shape for k, v in flat.items()}, mesh)
-    return P.fill(state, lambda name, leaf: jax.device_put(leaf, shardings[name]))
+    return P.map_named(state, lambda name, leaf: jax.device_put(leaf, shardings[name]))
 
 
 def load_dit(path: str | os.PathLike, dtype: str = "float32", *, param_dtype: str | None = None,
@@ -123,40 +121,18 @@ def load_dit(path: str | os.PathLike, dtype: str = "float32", *, param_dtype: st
     With ``mesh`` (see :func:`yume_jax.sharding.make_mesh`) parameters are placed by the logical
     axis table and the forward runs sharded.
     """
-    src = open_source(path)
-    if src.meta is None:
-        raise ConversionError(f"not a yume_jax checkpoint (no {JAX_META}); convert it first with "
-                              "python -m yume_jax.convert", file=path)
-    if src.meta.get("family") != "dit":
-        raise ConversionError(f"checkpoint holds a {src.meta.get('family')!r} model, not a DiT", file=path)
+    src = open_checkpoint(path, "dit")
     cfg = DiTConfig.from_dict(src.meta["config"])
-    pdt = jnp.dtype(param_dtype or dtype)
-    abstract = build(cfg, param_dtype=pdt, abstract=True)
-    graphdef, state = nnx.split(abstract)
-    have = set(src.keys())
-    shardings = None
+    abstract = build(cfg, param_dtype=jnp.dtype(param_dtype or dtype), abstract=True)
+    place = None
     if mesh is not None:
-        flat = P.flatten(state)
+        flat = P.flatten(nnx.state(abstract))
         shardings = sharding.param_shardings({k: v.shape for k, v in flat.items()}, mesh)
-
-    def get(name, leaf):
-        names = P.unstacked_names(name, cfg.num_layers) if P.is_stacked(name) else [name]
-        for n in names:
-            if n not in have:
-                raise ConversionError("missing key", file=src.path, key=n)
-        arr = np.stack([src.read(n) for n in names]) if P.is_stacked(name) else src.read(name)
-        if tuple(arr.shape) != tuple(leaf.shape):
-            raise ConversionError(f"shape {arr.shape}, model expects {leaf.shape}", file=src.path, key=names[0])
-        arr = arr.astype(pdt)
-        return jax.device_put(arr, shardings[name]) if shardings else jnp.asarray(arr)
-
-    state = P.fill(state, get)
-    model = nnx.merge(graphdef, state)
+        place = lambda name, arr: jax.device_put(arr, shardings[name])  # noqa: E731
+    model = fill(abstract, src, place=place)
     return DiT(model, Runtime(dtype=dtype, attention=attention, remat=remat), mesh=mesh)
 
 
 def save_dit(model: nnx.Module, path: str | os.PathLike) -> Path:
     """Write a model as a yume_jax checkpoint directory (params in their current dtype)."""
-    from yume_jax.convert.core import save_module
-
     return save_module(path, "dit", model.cfg.to_dict(), model)

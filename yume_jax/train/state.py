@@ -139,12 +139,10 @@ def checkpoint_params(path: str, dit: DiTConfig, seed: int, shardings) -> tuple[
     their shards. Parameters the checkpoint lacks but ``dit`` has (the Yume extras when starting from
     Wan): history embeddings from the base patch embedding by trilinear interpolation (spec/yume.md),
     side block and mask token as in a fresh init (seed). Returns (params, names initialised here)."""
-    from yume_jax.convert.tensors import ConversionError, open_source
+    from yume_jax.core.checkpoint import fill, open_checkpoint, place_with
     from yume_jax.models import memory
 
-    src = open_source(path)
-    if src.meta is None or src.meta.get("family") != "dit":
-        raise ConversionError("not a converted DiT checkpoint (python -m yume_jax.convert)", file=path)
+    src = open_checkpoint(path, "dit")
     ck = DiTConfig.from_dict(src.meta["config"])
     base_fields = ("dim", "ffn_dim", "num_heads", "num_layers", "in_channels", "out_channels", "text_dim",
                    "freq_dim", "patch_size", "image_dim", "cross_attn_norm", "qk_norm")
@@ -152,33 +150,23 @@ def checkpoint_params(path: str, dit: DiTConfig, seed: int, shardings) -> tuple[
             if getattr(ck, f) != getattr(dit, f)]
     if diff:
         raise ValueError(f"checkpoint {path} does not fit the model config: " + "; ".join(diff))
-    have = set(src.keys())
     fresh = random_params(dit, seed, shardings)
-    flat_sh = Pm.flatten(shardings)
     created: list[str] = []
-    base_k = base_b = None
+    base: dict[str, np.ndarray] = {}
 
-    def get(name, leaf):
-        nonlocal base_k, base_b
-        names = Pm.unstacked_names(name, dit.num_layers) if Pm.is_stacked(name) else [name]
-        if all(n in have for n in names):
-            arr = np.stack([src.read(n) for n in names]) if Pm.is_stacked(name) else src.read(name)
-            if tuple(arr.shape) != tuple(leaf.shape):
-                raise ConversionError(f"shape {arr.shape}, model expects {leaf.shape}", file=src.path, key=names[0])
-            return _place(np.asarray(arr, np.float32), flat_sh[name])
-        if any(n in have for n in names):
-            raise ConversionError("checkpoint holds only some layers of this parameter", file=src.path, key=name)
-        m = re.fullmatch(r"history_embedding\.x(\w+)\.(kernel|bias)", name)
+    def create(name, leaf):
         created.append(name)
-        if m:
-            if base_k is None:
-                base_k = np.asarray(src.read("patch_embedding.kernel"), np.float32)
-                base_b = np.asarray(src.read("patch_embedding.bias"), np.float32)
-            k, b = memory.init_history_from_base(base_k, base_b, m.group(1))
-            return _place(k if m.group(2) == "kernel" else b, flat_sh[name])
-        return leaf
+        m = re.fullmatch(r"history_embedding\.x(\w+)\.(kernel|bias)", name)
+        if not m:
+            return leaf  # side block, mask token: the fresh init, already in its shards
+        if not base:
+            base["kernel"] = np.asarray(src.read("patch_embedding.kernel"), np.float32)
+            base["bias"] = np.asarray(src.read("patch_embedding.bias"), np.float32)
+        k, b = memory.init_history_from_base(base["kernel"], base["bias"], m.group(1))
+        return k if m.group(2) == "kernel" else b
 
-    return Pm.fill(fresh, get), created
+    params = fill(fresh, src, dtype=np.float32, create=create, place=place_with(Pm.flatten(shardings)))
+    return params, created
 
 
 def _place(arr: np.ndarray, sharding) -> jax.Array:

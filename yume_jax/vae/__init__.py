@@ -2,13 +2,13 @@
 
 ``vae.encode(video)`` / ``vae.decode(latents)`` for whole clips; ``vae.stream_encode`` /
 ``vae.stream_decode`` to continue from a :class:`StreamState` (e.g. an explorer decoding only the
-new latent frames of each chunk). See :class:`yume_jax.vae.stream.WanVAE`.
+new latent frames of each chunk). See :class:`yume_jax.vae.stream.WanVAE`. Presets: :mod:`yume_jax.presets`.
 """
 from __future__ import annotations
 
 import os
 
-from yume_jax.vae.config import PRESETS, VAEConfig  # noqa: F401
+from yume_jax.vae.config import VAEConfig  # noqa: F401
 from yume_jax.vae.stream import StreamState, Tiling, WanVAE  # noqa: F401
 
 
@@ -16,9 +16,9 @@ def load_vae(path: str | os.PathLike, dtype: str = "float32", tiling: Tiling | N
              latents_per_step: int = 1) -> WanVAE:
     """A VAE from a converted yume_jax checkpoint, or directly from ``Wan2.x_VAE.pth`` / a diffusers
     ``AutoencoderKLWan`` directory (converted in memory, tensor by tensor)."""
-    from yume_jax.convert.core import check_plan
-    from yume_jax.convert.tensors import ConversionError, open_source
-    from yume_jax.convert.vae import VAEFamily
+    from yume_jax.core.plan import check_plan
+    from yume_jax.core.tensors import ConversionError, open_source
+    from yume_jax.vae import names
 
     src = open_source(path)
     if src.meta is not None:
@@ -31,16 +31,15 @@ def load_vae(path: str | os.PathLike, dtype: str = "float32", tiling: Tiling | N
             raise ConversionError(f"bad VAE config in yume_jax.json ({e})", file=path) from None
         params = {k: src.read(k) for k in src.keys()}
     else:
-        fam = VAEFamily()
-        naming = fam.detect(src)
+        naming = names.detect(src)
         if naming is None:
             keys = src.keys()
             raise ConversionError(f"not a Wan VAE checkpoint ({len(keys)} keys, e.g. {keys[:3]})", file=path)
-        plan = fam.plan_to_jax(src, naming, {})
+        plan = names.plan_to_jax(src, naming)
         check_plan(src, plan)
         params = {op.out: op.fn([src.read(k) for k in op.ins]) for op in plan.ops}
         cfg = VAEConfig.from_dict(plan.config)
     return WanVAE(cfg, params, dtype=dtype, tiling=tiling, latents_per_step=latents_per_step, source=str(path))
 
 
-__all__ = ["load_vae", "WanVAE", "StreamState", "Tiling", "VAEConfig", "PRESETS"]
+__all__ = ["load_vae", "WanVAE", "StreamState", "Tiling", "VAEConfig"]

@@ -1,4 +1,4 @@
-"""Typed configuration of the Wan 2.1 / 2.2 VAE (spec/wan.md "VAE") and its named presets.
+"""Typed configuration of the Wan 2.1 / 2.2 VAE (spec/wan.md "VAE"); named presets: :mod:`yume_jax.presets`.
 
 Field names follow diffusers' ``AutoencoderKLWan`` config (``temperal_downsample`` spelled
 correctly here), so a diffusers ``config.json`` maps onto :class:`VAEConfig` one to one.
@@ -114,25 +114,3 @@ class VAEConfig:
 
     def replace(self, **kw) -> "VAEConfig":
         return dataclasses.replace(self, **kw)
-
-
-PRESETS: dict[str, VAEConfig] = {
-    # Wan2.1_VAE.pth: z 16, 96 x [1, 2, 4, 4], stride t4 x s8
-    "wan2.1": VAEConfig(),
-    # Wan2.2_VAE.pth: z 48, encoder 160 / decoder 256 channels, residual blocks, 2x2 patchify, stride t4 x s16
-    "wan2.2": VAEConfig(base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True, in_channels=12,
-                        out_channels=12, patch_size=2, latents_mean=WAN22_MEAN, latents_std=WAN22_STD,
-                        scale_factor_spatial=16),
-    # tiny versions with the real strides (tests, CPU demos)
-    "tiny-2.1": VAEConfig(base_dim=8),
-    "tiny-2.2": VAEConfig(base_dim=8, decoder_base_dim=12, z_dim=48, is_residual=True, in_channels=12,
-                          out_channels=12, patch_size=2, latents_mean=WAN22_MEAN, latents_std=WAN22_STD,
-                          scale_factor_spatial=16),
-}
-
-
-def get(name: str, **overrides) -> VAEConfig:
-    if name not in PRESETS:
-        raise KeyError(f"unknown VAE preset {name!r}; known: {sorted(PRESETS)}")
-    cfg = PRESETS[name]
-    return cfg.replace(**overrides) if overrides else cfg

@@ -4,11 +4,10 @@ from __future__ import annotations
 from functools import lru_cache
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from yume_jax.convert.tensors import ConversionError
+from yume_jax.core.checkpoint import fill
 from yume_jax.vae.config import VAEConfig
 from yume_jax.vae.model import WanVAEModel
 
@@ -20,7 +19,11 @@ def _name(path) -> str:
 @lru_cache(maxsize=16)
 def _abstract(cfg: VAEConfig):
     graphdef, state = nnx.split(nnx.eval_shape(lambda: WanVAEModel(cfg, rngs=nnx.Rngs(0))))
-    return graphdef, {_name(p): tuple(v.shape) for p, v in nnx.to_flat_state(state)}
+    return graphdef, {_name(p): tuple(v.shape) for p, v in nnx.to_flat_state(state)}, state
+
+
+def _abstract_state(cfg: VAEConfig) -> nnx.State:
+    return _abstract(cfg)[2]
 
 
 def abstract_params(cfg: VAEConfig) -> dict[str, tuple[int, ...]]:
@@ -48,21 +51,7 @@ def init_params(cfg: VAEConfig, seed: int = 0) -> dict[str, np.ndarray]:
 
 def to_state(cfg: VAEConfig, params: dict, dtype, *, file=None) -> nnx.State:
     """Check names and shapes against the model (a mismatched checkpoint fails here, naming the key)."""
-    want = abstract_params(cfg)
-    missing = [k for k in want if k not in params]
-    if missing:
-        raise ConversionError(f"missing parameter ({len(missing)} missing in all; wrong checkpoint for this config?)",
-                              file=file, key=missing[0])
-    unknown = sorted(set(params) - set(want))
-    if unknown:
-        raise ConversionError(f"unexpected parameter ({len(unknown)} in all)", file=file, key=unknown[0])
-    flat = {}
-    for k, shape in want.items():
-        v = params[k]
-        if tuple(v.shape) != shape:
-            raise ConversionError(f"shape {list(v.shape)}, the model expects {list(shape)}", file=file, key=k)
-        flat[tuple(int(p) if p.isdigit() else p for p in k.split("."))] = jnp.asarray(v, dtype)
-    return nnx.from_flat_state(flat)
+    return fill(_abstract_state(cfg), params, dtype=dtype, file=file)
 
 
 def cast_state(state: nnx.State, dtype) -> nnx.State:

@@ -30,7 +30,7 @@ def params_from_diffusers(model, cfg: VAEConfig) -> dict[str, np.ndarray]:
     """Our flat parameters from a diffusers state dict (the conversion ops, applied in memory)."""
     import torch
 
-    from yume_jax.convert.vae import entries, to_jax
+    from yume_jax.vae.names import entries, to_jax
 
     sd = {k: v.detach().to("cpu", torch.float32).numpy() for k, v in model.state_dict().items()}
     return {e.jax: to_jax(e.kind)([sd[e.diffusers]]) for e in entries(cfg)}

@@ -1,4 +1,5 @@
-"""Streaming tensor I/O for checkpoint conversion.
+"""Streaming tensor I/O for checkpoints: readers of every container, a streaming safetensors writer, the
+checkpoint error.
 
 Readers expose a checkpoint as a lazy mapping (key -> shape, dtype, read()) whatever the container:
 one ``.safetensors`` file, a directory of shards with ``*.index.json``, a diffusers/transformers model
@@ -24,13 +25,16 @@ import ml_dtypes
 import numpy as np
 
 
-class ConversionError(Exception):
+class CheckpointError(Exception):
     """A checkpoint problem with a one-line message that names the file and the key."""
 
     def __init__(self, message: str, *, file: str | os.PathLike | None = None, key: str | None = None):
         self.file, self.key = (str(file) if file is not None else None), key
         parts = [p for p in (self.file, key) if p]
         super().__init__(": ".join(parts + [message]))
+
+
+ConversionError = CheckpointError  # the converter's name for it (used throughout tests and the CLI)
 
 
 # safetensors dtype codes <-> numpy dtypes. Only float weights are supported for model tensors.
@@ -90,16 +94,16 @@ def _read_safetensors_header(path: Path) -> tuple[dict, int]:
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) < 8:
-            raise ConversionError("truncated safetensors file (no header)", file=path)
+            raise CheckpointError("truncated safetensors file (no header)", file=path)
         (n,) = struct.unpack("<Q", raw)
         if n > size - 8 or n > 100 * 2**20:
-            raise ConversionError("corrupt safetensors header (bad header length)", file=path)
+            raise CheckpointError("corrupt safetensors header (bad header length)", file=path)
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ConversionError(f"corrupt safetensors header ({e})", file=path) from None
+            raise CheckpointError(f"corrupt safetensors header ({e})", file=path) from None
     if not isinstance(header, dict):
-        raise ConversionError("corrupt safetensors header (not an object)", file=path)
+        raise CheckpointError("corrupt safetensors header (not an object)", file=path)
     data_start = 8 + n
     for key, entry in header.items():
         if key == "__metadata__":
@@ -108,14 +112,14 @@ def _read_safetensors_header(path: Path) -> tuple[dict, int]:
             b, e = entry["data_offsets"]
             dt, shape = entry["dtype"], entry["shape"]
         except (KeyError, TypeError, ValueError):
-            raise ConversionError("corrupt safetensors header entry", file=path, key=key) from None
+            raise CheckpointError("corrupt safetensors header entry", file=path, key=key) from None
         if dt not in ST_TO_NP:
-            raise ConversionError(f"unsupported dtype {dt}", file=path, key=key)
+            raise CheckpointError(f"unsupported dtype {dt}", file=path, key=key)
         nbytes = int(np.prod(shape, dtype=np.int64)) * ST_TO_NP[dt].itemsize
         if e - b != nbytes:
-            raise ConversionError(f"corrupt entry: {e - b} bytes for shape {shape} {dt}", file=path, key=key)
+            raise CheckpointError(f"corrupt entry: {e - b} bytes for shape {shape} {dt}", file=path, key=key)
         if data_start + e > size:
-            raise ConversionError(
+            raise CheckpointError(
                 f"truncated file: tensor ends at byte {data_start + e}, file has {size}", file=path, key=key)
     return header, data_start
 
@@ -130,12 +134,12 @@ class SafetensorsFiles(TensorSource):
         self.metadata: dict = {}
         for f in files:
             if not f.exists():
-                raise ConversionError("missing file", file=f)
+                raise CheckpointError("missing file", file=f)
             header, start = _read_safetensors_header(f)
             self.metadata.update(header.pop("__metadata__", None) or {})
             for k, entry in header.items():
                 if k in self._entries:
-                    raise ConversionError("key appears in two shard files", file=f, key=k)
+                    raise CheckpointError("key appears in two shard files", file=f, key=k)
                 self._entries[k] = (f, start, entry)
 
     def keys(self) -> list[str]:
@@ -154,7 +158,7 @@ class SafetensorsFiles(TensorSource):
             fh.seek(start + b)
             n = fh.readinto(memoryview(out.reshape(-1).view(np.uint8)))
         if n != end - b:
-            raise ConversionError("truncated file while reading tensor", file=f, key=key)
+            raise CheckpointError("truncated file while reading tensor", file=f, key=key)
         return out
 
 
@@ -172,7 +176,7 @@ class SafetensorsWriter:
         for key, dt, shape in specs:
             dt = np.dtype(dt)
             if dt not in NP_TO_ST:
-                raise ConversionError(f"unsupported dtype {dt}", key=key)
+                raise CheckpointError(f"unsupported dtype {dt}", key=key)
             n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
             header[key] = {"dtype": NP_TO_ST[dt], "shape": list(shape), "data_offsets": [off, off + n]}
             off += n
@@ -223,6 +227,25 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return {k: src.read(k) for k in src.keys()}
 
 
+class ArraySource(TensorSource):
+    """In-memory arrays (a dict named like a checkpoint) viewed as a source."""
+
+    def __init__(self, arrays, path: str | os.PathLike | None = None):
+        self._arrays = dict(arrays)
+        self.path = Path(path) if path is not None else None  # None: errors name only the key
+
+    def keys(self) -> list[str]:
+        return list(self._arrays)
+
+    def info(self, key: str) -> TensorInfo:
+        a = self._arrays[key]
+        return TensorInfo(key, tuple(np.shape(a)), np.dtype(getattr(a, "dtype", np.float32)),
+                          str(self.path) if self.path else "")
+
+    def read(self, key: str) -> np.ndarray:
+        return np.asarray(self._arrays[key])
+
+
 # ----------------------------------------------------------------------------------------------
 # torch pickles
 
@@ -243,9 +266,9 @@ class TorchPickle(TensorSource):
         try:
             import torch
         except ImportError:  # pragma: no cover - depends on the environment
-            raise ConversionError("reading a pickle checkpoint needs torch (pip install torch)", file=path) from None
+            raise CheckpointError("reading a pickle checkpoint needs torch (pip install torch)", file=path) from None
         if not path.exists():
-            raise ConversionError("missing file", file=path)
+            raise CheckpointError("missing file", file=path)
         try:
             try:
                 sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -253,20 +276,20 @@ class TorchPickle(TensorSource):
                 if "mmap" not in str(e):
                     raise
                 sd = torch.load(path, map_location="cpu", weights_only=True)
-        except ConversionError:
+        except CheckpointError:
             raise
         except Exception as e:  # torch raises many types for corrupt files
-            raise ConversionError(f"cannot read torch checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})",
+            raise CheckpointError(f"cannot read torch checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})",
                                   file=path) from None
         for wrapper in ("state_dict", "model", "module"):
             if isinstance(sd, dict) and set(sd) == {wrapper}:
                 sd = sd[wrapper]
         if not isinstance(sd, dict):
-            raise ConversionError("not a state dict", file=path)
+            raise CheckpointError("not a state dict", file=path)
         self._sd = {}
         for k, v in sd.items():
             if not isinstance(v, torch.Tensor):
-                raise ConversionError(f"value is {type(v).__name__}, not a tensor", file=path, key=str(k))
+                raise CheckpointError(f"value is {type(v).__name__}, not a tensor", file=path, key=str(k))
             self._sd[str(k)] = v
         self._np_dtypes = {}
         for k, v in self._sd.items():
@@ -274,7 +297,7 @@ class TorchPickle(TensorSource):
             try:
                 self._np_dtypes[k] = np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
             except TypeError:
-                raise ConversionError(f"unsupported dtype {name}", file=path, key=k) from None
+                raise CheckpointError(f"unsupported dtype {name}", file=path, key=k) from None
 
     def keys(self) -> list[str]:
         return list(self._sd)
@@ -286,7 +309,7 @@ class TorchPickle(TensorSource):
         try:
             return _torch_to_numpy(self._sd[key])
         except Exception as e:
-            raise ConversionError(f"cannot read tensor ({e})", file=self.path, key=key) from None
+            raise CheckpointError(f"cannot read tensor ({e})", file=self.path, key=key) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -300,7 +323,7 @@ def open_source(path: str | os.PathLike) -> TensorSource:
     """Open a checkpoint file or directory as a lazy :class:`TensorSource`."""
     p = Path(path)
     if not p.exists():
-        raise ConversionError("no such file or directory", file=p)
+        raise CheckpointError("no such file or directory", file=p)
     if p.is_file():
         if p.suffix == ".safetensors":
             return SafetensorsFiles([p])
@@ -308,7 +331,7 @@ def open_source(path: str | os.PathLike) -> TensorSource:
             return TorchPickle(p)
         if p.name.endswith(".index.json"):
             return _from_index(p, p.parent)
-        raise ConversionError("unknown checkpoint format (expected .safetensors, .index.json, .pt/.pth/.bin "
+        raise CheckpointError("unknown checkpoint format (expected .safetensors, .index.json, .pt/.pth/.bin "
                               "or a directory)", file=p)
     # a directory
     if (p / JAX_META).exists():
@@ -318,7 +341,7 @@ def open_source(path: str | os.PathLike) -> TensorSource:
     hf = _read_json(p / "config.json") if (p / "config.json").exists() else None
     indexes = sorted(p.glob("*.safetensors.index.json"))
     if len(indexes) > 1:
-        raise ConversionError(f"several index files: {[i.name for i in indexes]}", file=p)
+        raise CheckpointError(f"several index files: {[i.name for i in indexes]}", file=p)
     if indexes:
         src = _from_index(indexes[0], p)
     else:
@@ -329,9 +352,9 @@ def open_source(path: str | os.PathLike) -> TensorSource:
         elif len(pk) == 1:
             src = TorchPickle(pk[0])
         elif not pk:
-            raise ConversionError("directory holds no checkpoint (.safetensors, .index.json, .pth)", file=p)
+            raise CheckpointError("directory holds no checkpoint (.safetensors, .index.json, .pth)", file=p)
         else:
-            raise ConversionError(f"several pickle files, name one: {[x.name for x in pk]}", file=p)
+            raise CheckpointError(f"several pickle files, name one: {[x.name for x in pk]}", file=p)
     src.path = p
     src.hf_config = hf
     return src
@@ -341,18 +364,18 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConversionError(f"cannot read JSON ({e})", file=path) from None
+        raise CheckpointError(f"cannot read JSON ({e})", file=path) from None
 
 
 def _from_index(index: Path, folder: Path) -> SafetensorsFiles:
     data = _read_json(index)
     wm = data.get("weight_map")
     if not isinstance(wm, dict):
-        raise ConversionError("index has no weight_map", file=index)
+        raise CheckpointError("index has no weight_map", file=index)
     files = sorted({folder / v for v in wm.values()})
     src = SafetensorsFiles(files, path=folder)
     have = set(src.keys())
     for k, v in wm.items():
         if k not in have:
-            raise ConversionError(f"listed in the index but not in {v}", file=index, key=k)
+            raise CheckpointError(f"listed in the index but not in {v}", file=index, key=k)
     return src
