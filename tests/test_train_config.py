@@ -79,6 +79,37 @@ def test_bad_configs_rejected(args, message):
         tc.resolve("tiny-sandbox", args)
 
 
+def test_configlib_on_any_dataclass():
+    """The shared override helper (also for sampling and rollout configs): nested sections, typed values,
+    open dictionaries checked against their dataclass, JSON load replacing open dictionaries."""
+    import dataclasses
+
+    from yume_jax import configlib
+    from yume_jax.models.config import DiTConfig
+
+    @dataclasses.dataclass(frozen=True)
+    class Inner:
+        steps: int = 4
+        scales: tuple[float, ...] = (1.0,)
+        model: dict = dataclasses.field(default_factory=lambda: {"num_layers": 9})
+
+    @dataclasses.dataclass(frozen=True)
+    class Outer:
+        name: str | None = None
+        inner: Inner = dataclasses.field(default_factory=Inner)
+
+    od = {("inner", "model"): DiTConfig}
+    c = configlib.override(Outer(), configlib.parse_overrides(["--inner.steps=7", "--inner.scales=1,2.5",
+                                                               "--name=none", "--inner.model.dim=64"]), od)
+    assert c == Outer(None, Inner(7, (1.0, 2.5), {"num_layers": 9, "dim": 64}))
+    assert configlib.load(Outer, configlib.jsonable(c), od) == c
+    assert configlib.load(Outer, {"inner": {"model": {"dim": 8}}}, od).inner.model == {"dim": 8}
+    with pytest.raises(configlib.ConfigError, match="unknown config key --inner.model.dims: DiTConfig has"):
+        configlib.override(Outer(), {"inner.model.dims": "1"}, od)
+    with pytest.raises(configlib.ConfigError, match="--inner.steps: expected int"):
+        configlib.merge(Outer(), {"inner": {"steps": "x"}}, od)
+
+
 def test_unknown_config_name():
     with pytest.raises(tc.ConfigError, match="unknown config 'nope'; named configs: tiny-sandbox"):
         tc.resolve("nope")

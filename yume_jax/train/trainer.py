@@ -115,9 +115,9 @@ class Trainer:
         self.nproc = jax.process_count()
         try:
             mesh_shape = resolve_mesh(cfg.mesh, jax.device_count(), cfg.batch_size, cfg.grad_accum, self.nproc)
+            self.mesh = sharding.make_mesh(mesh_shape)
         except ValueError as e:
             raise SetupError(str(e)) from None
-        self.mesh = sharding.make_mesh(mesh_shape)
         self.accum = cfg.grad_accum
         self.micro = cfg.batch_size // self.accum
         shard_index, shard_count, rows = data_shard(self.mesh, self.micro)
