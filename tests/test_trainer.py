@@ -185,7 +185,7 @@ def test_toy_task_restores_onto_another_mesh(runs):
         np.testing.assert_allclose(_flat(got)[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
 
 
-def test_setup_errors_before_any_compile(tmp_path):
+def test_setup_errors_before_anything_is_written(tmp_path):
     with pytest.raises(SetupError, match="needs 16 devices, have 8"):
         Trainer(_cfg(tmp_path / "x", 2, mesh={"fsdp": 16}), ToyTask())
     with pytest.raises(SetupError, match="not divisible by the data-parallel size"):
