@@ -12,6 +12,7 @@ several places (plain and MVDT pass) are summed in float32.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +74,33 @@ class FlowTask:
 
     device_keys = ("latents", "text", "image")
 
-    def __post_init__(self):
-        self.optimizer, self.schedule = state_lib.make_optimizer(self.optim, self.steps)
-        self.graphdef, params = state_lib.graphdef_and_abstract(self.dit)
-        self.models = {MODEL: state_lib.Model(self.graphdef, params, self.optimizer, self.optim.ema_decay)}
-        self._abstract = state_lib.abstract_state(self.models)
-        self.env: Env | None = None
+    env: Env | None = None  # set by setup
+
+    # built on first use, so that constructing the task traces nothing (setup errors come first)
+    @functools.cached_property
+    def _opt(self) -> tuple[optax.GradientTransformation, optax.Schedule]:
+        return state_lib.make_optimizer(self.optim, self.steps)
+
+    @property
+    def optimizer(self) -> optax.GradientTransformation:
+        return self._opt[0]
+
+    @property
+    def schedule(self) -> optax.Schedule:
+        return self._opt[1]
+
+    @functools.cached_property
+    def models(self) -> dict[str, state_lib.Model]:
+        graphdef, params = state_lib.graphdef_and_abstract(self.dit)
+        return {MODEL: state_lib.Model(graphdef, params, self.optimizer, self.optim.ema_decay)}
+
+    @property
+    def graphdef(self):
+        return self.models[MODEL].graphdef
+
+    @functools.cached_property
+    def _abstract(self):
+        return state_lib.abstract_state(self.models)
 
     # -- data ----------------------------------------------------------------------------------------
     def setup(self, env: Env):
