@@ -1,4 +1,4 @@
-"""Training-step throughput: the sharded JAX step of :mod:`yume_jax.train.step` and a PyTorch reference.
+"""Training-step throughput: the sharded JAX step of the flow task (:mod:`yume_jax.train.tasks.flow`) and a PyTorch reference.
 
 Random float32 master weights, synthetic latents, bf16 compute, remat, AdamW with clipping (the
 trainer's optimizer). Per case one JSON line: median step time over timed steps after warm-up
@@ -76,7 +76,6 @@ def run_jax(a) -> dict:
     from yume_jax import sharding
     from yume_jax.train import metrics as mt
     from yume_jax.train import objective
-    from yume_jax.train import state as state_lib
     from yume_jax.train import step as step_lib
 
     table = TINY if a.tiny else CASES
@@ -98,10 +97,9 @@ def run_jax(a) -> dict:
     mesh = sharding.make_mesh(mesh_shape)
 
     t0 = time.perf_counter()
-    opt, sched = state_lib.make_optimizer(cfg.optim, 1000)
-    graphdef, abstract = state_lib.abstract_state(dit, opt, ema=False)
-    sh = state_lib.state_shardings(abstract, mesh)
-    state = state_lib.init_state(state_lib.random_params(dit, 0, sh["params"]), opt, 0, sh, ema=False)
+    task = tc.flow_task(cfg)
+    sh = task.state_shardings(mesh)
+    state = task.init_state(sh)
     jax.block_until_ready(state)
     init_s = time.perf_counter() - t0
 
@@ -117,8 +115,7 @@ def run_jax(a) -> dict:
     tokens = objective.num_tokens(f, h, w, chunk)
     keep = (objective.keep_for_step(0, 0, tokens, cfg.objective.mask_low, cfg.objective.mask_width,
                                     cfg.objective.mask_buckets) if a.mvdt else None)
-    fn = step_lib.make_train_step(graphdef, objective_cfg=cfg.objective, runtime=cfg.runtime_obj(), optimizer=opt,
-                                  schedule=sched, mesh=mesh, state_sh=sh, batch_sh=bsh, chunk=chunk, keep=keep)
+    fn = task.make_step((chunk, keep), mesh, sh, bsh)
     t0 = time.perf_counter()
     compiled = fn.lower(state, data).compile()
     compile_s = time.perf_counter() - t0
@@ -139,7 +136,7 @@ def run_jax(a) -> dict:
     peak = a.peak_tflops or mt.peak_tflops(jax.devices()[0].device_kind)
     stats = jax.devices()[0].memory_stats() or {}
     mem = max((d.memory_stats() or {}).get("peak_bytes_in_use", 0) for d in jax.local_devices())
-    nparams = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract["params"]))
+    nparams = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(task.abstract_state()["dit"]["params"]))
     return {"impl": "jax", "case": a.case, "model": model, "layers": dit.num_layers,
             "params_b": round(nparams / 1e9, 3), "latent": f"{f}x{h}x{w}", "chunk": chunk, "tokens": tokens,
             "mvdt_keep": keep, "batch": batch,

@@ -15,20 +15,14 @@ not divisible by the data-parallel size) by :func:`check_devices`. Both are :cla
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
-import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from configs import models as model_presets
-
-
-class ConfigError(ValueError):
-    pass
+from yume_jax import configlib
+from yume_jax.configlib import ConfigError
 
 
 @dataclass(frozen=True)
@@ -165,7 +159,7 @@ class TrainConfig:
         return Runtime(dtype=r.dtype, attention=r.attention, remat=r.remat, scan_layers=r.scan_layers)
 
     def to_dict(self) -> dict:
-        return _jsonable(dataclasses.asdict(self))
+        return configlib.jsonable(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, sort_keys=True)
@@ -260,184 +254,25 @@ def get(name: str) -> TrainConfig:
 
 
 # ------------------------------------------------------------------------------------------------
-# overrides
+# overrides (yume_jax.configlib)
 
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x
-
-
-def _hints(cls) -> dict:
-    return typing.get_type_hints(cls)
-
-
-def _coerce(value, tp, key: str):
-    """``value`` (a CLI string or a JSON value) as type ``tp``."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
-            return None
-        inner = [a for a in args if a is not type(None)]
-        errors = []
-        for a in inner:
-            try:
-                return _coerce(value, a, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0])
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"--{key}: expected true or false, got {value!r}")
-    if tp in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"--{key}: expected {tp.__name__}, got {value!r}")
-        try:
-            v = tp(value) if not isinstance(value, str) else (int(value, 0) if tp is int else float(value))
-        except (TypeError, ValueError):
-            raise ConfigError(f"--{key}: expected {tp.__name__}, got {value!r}") from None
-        if tp is int and isinstance(value, float) and v != value:
-            raise ConfigError(f"--{key}: expected int, got {value!r}")
-        return v
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"--{key}: expected a string, got {value!r}")
-        return value
-    if origin is tuple:
-        if isinstance(value, str):
-            s = value.strip()
-            if s in ("", "()"):
-                value = ()
-            else:
-                try:
-                    value = ast.literal_eval(s if s.startswith(("(", "[")) else f"({s},)")
-                except (ValueError, SyntaxError):
-                    raise ConfigError(f"--{key}: expected a tuple like 1,2,3, got {value!r}") from None
-        if not isinstance(value, (list, tuple)):
-            value = (value,)
-        elem = args[0] if args else str
-        return tuple(_coerce(v, elem, key) for v in value)
-    if tp is dict or origin is dict:
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                raise ConfigError(f"--{key}: expected a JSON object, got {value!r}") from None
-        if not isinstance(value, dict):
-            raise ConfigError(f"--{key}: expected a JSON object, got {value!r}")
-        return dict(value)
-    raise ConfigError(f"--{key}: unsupported field type {tp}")
-
-
-def _literal(value):
-    """A CLI string as a Python literal when it is one (for the open dictionaries), else the string."""
-    if not isinstance(value, str):
-        return value
-    low = value.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    try:
-        return ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        if "," in value:
-            return tuple(_literal(v.strip()) for v in value.split(","))
-        return value
-
-
-def _open_dict_target(path: tuple[str, ...]):
-    if path == ("model", "dit"):
-        from yume_jax.models.config import DiTConfig
-        return DiTConfig
-    if path == ("data", "raw"):
-        from yume_jax.data.pipeline import RawConfig
-        return RawConfig
-    return None
-
-
-def _set(cfg, path: tuple[str, ...], value, full_key: str):
-    name = path[0]
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
-    if name not in fields:
-        raise ConfigError(f"unknown config key --{full_key}: {type(cfg).__name__} has "
-                          f"{', '.join(sorted(fields))}")
-    tp = _hints(type(cfg))[name]
-    cur = getattr(cfg, name)
-    if dataclasses.is_dataclass(cur):
-        if len(path) == 1:
-            if isinstance(value, dict):
-                return dataclasses.replace(cfg, **{name: _apply_dict(cur, value, full_key)})
-            raise ConfigError(f"--{full_key} is a section; set its fields (--{full_key}.<field>=...)")
-        return dataclasses.replace(cfg, **{name: _set(cur, path[1:], value, full_key)})
-    if len(path) > 1:
-        parts = full_key.split(".")
-        prefix = ".".join(parts[: len(parts) - len(path) + 1])
-        target = _open_dict_target(tuple(prefix.split(".")))
-        if target is None:
-            raise ConfigError(f"unknown config key --{full_key}: --{prefix} has no sub-keys")
-        if len(path) != 2:
-            raise ConfigError(f"unknown config key --{full_key}")
-        sub = path[1]
-        known = {f.name for f in dataclasses.fields(target)}
-        if sub not in known:
-            raise ConfigError(f"unknown config key --{full_key}: {target.__name__} has {', '.join(sorted(known))}")
-        new = dict(cur)
-        new[sub] = _coerce(_literal(value), _hints(target)[sub], full_key)
-        return dataclasses.replace(cfg, **{name: new})
-    return dataclasses.replace(cfg, **{name: _coerce(value, tp, full_key)})
-
-
-def _apply_dict(cfg, d: dict, prefix: str = ""):
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else k
-        if dataclasses.is_dataclass(getattr(cfg, k, None)) and isinstance(v, dict):
-            cfg = dataclasses.replace(cfg, **{k: _apply_dict(getattr(cfg, k), v, key)})
-        elif isinstance(v, dict) and _open_dict_target(tuple(key.split("."))) is not None:
-            for sk, sv in v.items():
-                cfg = _set(cfg, (k, sk), sv, f"{key}.{sk}")
-        else:
-            cfg = _set(cfg, (k,), v, key)
-    return cfg
+def _open_dicts() -> dict:
+    from yume_jax.data.pipeline import RawConfig
+    from yume_jax.models.config import DiTConfig
+    return {("model", "dit"): DiTConfig, ("data", "raw"): RawConfig}
 
 
 def from_dict(d: dict) -> TrainConfig:
     """A config from its JSON form (unknown keys are errors)."""
-    cfg = TrainConfig()
-    # open dictionaries are replaced, not merged, when loading a full config
-    d = dict(d)
-    model = dict(d.pop("model", {}))
-    data = dict(d.pop("data", {}))
-    cfg = _apply_dict(cfg, d)
-    dit, raw = model.pop("dit", {}), data.pop("raw", {})
-    cfg = _apply_dict(cfg, {"model": model, "data": data})
-    cfg = cfg.replace(model=dataclasses.replace(cfg.model, dit={}), data=dataclasses.replace(cfg.data, raw={}))
-    return _apply_dict(cfg, {"model": {"dit": dit}, "data": {"raw": raw}})
+    return configlib.load(TrainConfig, d, _open_dicts())
 
 
 def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
-    out = []
-    for a in args:
-        if not a.startswith("--") or "=" not in a:
-            raise ConfigError(f"expected --key=value, got {a!r}")
-        k, v = a[2:].split("=", 1)
-        if not k:
-            raise ConfigError(f"expected --key=value, got {a!r}")
-        out.append((k, v))
-    return out
+    return configlib.parse_overrides(args)
 
 
 def override(cfg: TrainConfig, overrides: list[tuple[str, str]] | dict) -> TrainConfig:
-    items = overrides.items() if isinstance(overrides, dict) else overrides
-    for k, v in items:
-        cfg = _set(cfg, tuple(k.split(".")), v, k)
-    return cfg
+    return configlib.override(cfg, overrides, _open_dicts())
 
 
 def resolve(name: str, args: list[str] | dict = ()) -> TrainConfig:
@@ -540,18 +375,30 @@ def validate(cfg: TrainConfig) -> None:
 
 def check_devices(cfg: TrainConfig, num_devices: int, num_processes: int = 1) -> dict[str, int]:
     """The concrete mesh shape for ``num_devices``; errors for a mesh or batch that does not fit."""
-    m = cfg.mesh.as_dict()
-    known = math.prod(v for v in m.values() if v != -1)
-    if -1 in m.values():
-        _check(num_devices % known == 0, f"--mesh {m} does not divide the {num_devices} devices "
-               f"(the fixed axes need a multiple of {known})")
-        m = {k: (num_devices // known if v == -1 else v) for k, v in m.items()}
-    _check(math.prod(m.values()) == num_devices,
-           f"--mesh {m} needs {math.prod(m.values())} devices, have {num_devices}")
-    dp = m["data"] * m["fsdp"]
-    micro = cfg.batch_size // cfg.optim.grad_accum
-    _check(micro % dp == 0, f"--batch_size={cfg.batch_size} (micro-batch {micro} with grad_accum="
-           f"{cfg.optim.grad_accum}) is not divisible by the data-parallel size data*fsdp = {dp}")
-    _check(cfg.batch_size % num_processes == 0,
-           f"--batch_size={cfg.batch_size} is not divisible by the {num_processes} processes")
-    return m
+    from yume_jax.train.trainer import resolve_mesh
+    try:
+        return resolve_mesh(cfg.mesh.as_dict(), num_devices, cfg.batch_size, cfg.optim.grad_accum, num_processes)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+# ------------------------------------------------------------------------------------------------
+# the sections each part of a run takes
+
+def trainer_config(cfg: TrainConfig):
+    """The loop's section (:class:`yume_jax.train.trainer.TrainerConfig`)."""
+    from yume_jax.train.trainer import TrainerConfig
+    c = cfg.checkpoint
+    return TrainerConfig(run_dir=cfg.run_dir, steps=cfg.steps, batch_size=cfg.batch_size,
+                         grad_accum=cfg.optim.grad_accum, mesh=cfg.mesh.as_dict(), log_every=cfg.log_every,
+                         tensorboard=cfg.tensorboard, progress=cfg.progress, peak_tflops=cfg.peak_tflops,
+                         checkpoint_every=c.every, max_to_keep=c.max_to_keep, async_save=c.async_save,
+                         log_samples=cfg.data.log_samples)
+
+
+def flow_task(cfg: TrainConfig):
+    """The rectified-flow + MVDT task (:class:`yume_jax.train.tasks.flow.FlowTask`) of ``cfg``."""
+    from yume_jax.train.tasks.flow import FlowTask
+    return FlowTask(dit=cfg.dit_config(), raw=cfg.raw_config(), data=cfg.data, objective=cfg.objective,
+                    optim=cfg.optim, runtime=cfg.runtime_obj(), steps=cfg.steps, seed=cfg.seed,
+                    init=cfg.model.init, model_seed=cfg.model.seed)

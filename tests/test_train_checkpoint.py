@@ -25,15 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_restore_onto_other_meshes(tmp_path):
     cfg = tc.resolve("tiny-synthetic", {"optim.ema_decay": "0.9"})
-    dit = cfg.dit_config()
-    opt, _ = state_lib.make_optimizer(cfg.optim, cfg.steps)
-    _, abstract = state_lib.abstract_state(dit, opt, ema=True)
+    task = tc.flow_task(cfg)
+    abstract = task.abstract_state()
     mesh_a = sharding.make_mesh({"fsdp": 8})
-    sh_a = state_lib.state_shardings(abstract, mesh_a)
-    state = state_lib.init_state(state_lib.random_params(dit, 3, sh_a["params"]), opt, 5, sh_a, ema=True)
+    state = task.init_state(task.state_shardings(mesh_a))
     # make the optimizer state non-trivial without compiling a training step
-    state["opt_state"] = jax.tree.map(lambda x: x + 0.25 if x.dtype == np.float32 else x, state["opt_state"])
-    it = iter(data_lib.dataset(cfg, dit, 2, 0, 1))
+    state["dit"]["opt_state"] = jax.tree.map(lambda x: x + 0.25 if x.dtype == np.float32 else x,
+                                             state["dit"]["opt_state"])
+    it = iter(data_lib.dataset(cfg.data, task.raw, task.dit, 2, 0, 1))
     for _ in range(3):
         next(it)
     saver = ck.Checkpointer(tmp_path / "ckpt", max_to_keep=2)
@@ -45,8 +44,8 @@ def test_restore_onto_other_meshes(tmp_path):
     for shape, devices in [({"data": 2, "tensor": 4}, None), ({"fsdp": 2, "context": 2, "tensor": 2}, None),
                            ({"fsdp": 1}, jax.devices()[:1])]:
         mesh = sharding.make_mesh(shape, devices=devices)
-        sh = state_lib.state_shardings(abstract, mesh)
-        it2 = iter(data_lib.dataset(cfg, dit, 2, 0, 1))
+        sh = task.state_shardings(mesh)
+        it2 = iter(data_lib.dataset(cfg.data, task.raw, task.dit, 2, 0, 1))
         loader = ck.Checkpointer(tmp_path / "ckpt")
         assert loader.latest_step() == 7
         got = loader.restore(7, state_lib.with_shardings(abstract, sh), it2)
@@ -54,8 +53,8 @@ def test_restore_onto_other_meshes(tmp_path):
         for a, b, s in zip(jax.tree.leaves(got), jax.tree.leaves(host), jax.tree.leaves(sh)):
             assert a.sharding == s
             assert np.array_equal(np.asarray(a), b)
-        k = got["params"]["blocks"]["ffn"]["fc1"]["kernel"]
-        assert k.sharding.spec == sh["params"]["blocks"]["ffn"]["fc1"]["kernel"].spec
+        k = got["dit"]["params"]["blocks"]["ffn"]["fc1"]["kernel"]
+        assert k.sharding.spec == sh["dit"]["params"]["blocks"]["ffn"]["fc1"]["kernel"].spec
         if mesh.shape["tensor"] > 1:
             assert k.sharding.spec[2] == "tensor"
         nxt = next(it2)
@@ -94,7 +93,7 @@ def test_cli_resume_on_another_mesh(tmp_path):
     np.testing.assert_allclose([lb[s] for s in (4, 5)], [la[s] for s in (4, 5)], rtol=1e-5)
     _, sa = ck.read_state(a / "checkpoints")
     _, sb = ck.read_state(b / "checkpoints")
-    pa, pb = Pm.flatten(sa["params"]), Pm.flatten(sb["params"])
+    pa, pb = Pm.flatten(sa["dit"]["params"]), Pm.flatten(sb["dit"]["params"])
     for k in pa:
         np.testing.assert_allclose(pb[k], pa[k], rtol=0, atol=1e-5, err_msg=k)  # 1e-2 * lr
     assert json.loads((b / "config.json").read_text())["mesh"] == {"data": 2, "fsdp": 2, "context": 1, "tensor": 2}

@@ -3,6 +3,7 @@
 from a converted Wan checkpoint."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from scipy import special, stats
 from configs import models as model_presets
 from configs import train as tc
 from train import train as cli
-from yume_jax import sharding
+from yume_jax import configlib, sharding
 from yume_jax.models import memory
 from yume_jax.models import params as Pm
 from yume_jax.models.loader import build, save_dit
@@ -26,7 +27,7 @@ from yume_jax.train import data as data_lib
 from yume_jax.train import metrics as mt
 from yume_jax.train import objective
 from yume_jax.train import state as state_lib
-from yume_jax.models.config import Runtime
+from yume_jax.models.config import DiTConfig, Runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,6 +78,34 @@ def test_overrides_nested_and_json_round_trip(tmp_path):
 def test_bad_configs_rejected(args, message):
     with pytest.raises(tc.ConfigError, match=_re(message)):
         tc.resolve("tiny-sandbox", args)
+
+
+@dataclasses.dataclass(frozen=True)
+class Inner:
+    steps: int = 4
+    scales: tuple[float, ...] = (1.0,)
+    model: dict = dataclasses.field(default_factory=lambda: {"num_layers": 9})
+
+
+@dataclasses.dataclass(frozen=True)
+class Outer:
+    name: str | None = None
+    inner: Inner = dataclasses.field(default_factory=Inner)
+
+
+def test_configlib_on_any_dataclass():
+    """The shared override helper (also for sampling and rollout configs): nested sections, typed values,
+    open dictionaries checked against their dataclass, JSON load replacing open dictionaries."""
+    od = {("inner", "model"): DiTConfig}
+    c = configlib.override(Outer(), configlib.parse_overrides(["--inner.steps=7", "--inner.scales=1,2.5",
+                                                               "--name=none", "--inner.model.dim=64"]), od)
+    assert c == Outer(None, Inner(7, (1.0, 2.5), {"num_layers": 9, "dim": 64}))
+    assert configlib.load(Outer, configlib.jsonable(c), od) == c
+    assert configlib.load(Outer, {"inner": {"model": {"dim": 8}}}, od).inner.model == {"dim": 8}
+    with pytest.raises(configlib.ConfigError, match="unknown config key --inner.model.dims: DiTConfig has"):
+        configlib.override(Outer(), {"inner.model.dims": "1"}, od)
+    with pytest.raises(configlib.ConfigError, match="--inner.steps: expected int"):
+        configlib.merge(Outer(), {"inner": {"steps": "x"}}, od)
 
 
 def test_unknown_config_name():

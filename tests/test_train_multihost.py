@@ -27,7 +27,7 @@ WORKER = textwrap.dedent('''
     os.environ["JAX_PLATFORMS"] = "cpu"
     import numpy as np
     from configs import train as tc
-    from train.train import Trainer, init_jax
+    from train.train import init_jax, make_trainer
     from yume_jax.models import params as Pm
     cfg = tc.resolve("tiny-sandbox", [
         f"--workdir={workdir}", f"--compile_cache={cache}", f"--steps={steps}", "--batch_size=8",
@@ -38,9 +38,9 @@ WORKER = textwrap.dedent('''
     init_jax(cfg)
     import jax
     assert jax.process_count() == 2 and jax.local_device_count() == 4 and jax.device_count() == 8
-    state = Trainer(cfg).fit()
+    state = make_trainer(cfg).fit()
     out = {}
-    for name, x in Pm.flatten(state["params"]).items():  # this process's own replica, from its shards
+    for name, x in Pm.flatten(state["dit"]["params"]).items():  # this process's own replica, from its shards
         full = np.full(x.shape, np.nan, np.float32)
         for s in x.addressable_shards:
             full[s.index] = np.asarray(s.data)
@@ -88,7 +88,7 @@ def test_two_processes_identical_params_disjoint_data(tmp_path):
         assert np.array_equal(p0[k], p1[k]), k
     step, saved = ck.read_state(run / "checkpoints")
     assert step == 4
-    for k, v in Pm.flatten(saved["params"]).items():
+    for k, v in Pm.flatten(saved["dit"]["params"]).items():
         assert np.array_equal(v, p0[k]), k
     # each process has its own Grain iterator state in the checkpoint
     files = sorted(f for f in os.listdir(run / "checkpoints" / "4" / "data") if f.startswith("process_"))

@@ -17,7 +17,6 @@ from yume_jax import sharding
 from yume_jax.models import params as Pm
 from yume_jax.train import data as data_lib
 from yume_jax.train import objective
-from yume_jax.train import state as state_lib
 from yume_jax.train import step as step_lib
 
 CFG = tc.resolve("tiny-synthetic", {"optim.ema_decay": "0.9", "optim.grad_accum": "2", "batch_size": "8",
@@ -26,15 +25,13 @@ CFG = tc.resolve("tiny-synthetic", {"optim.ema_decay": "0.9", "optim.grad_accum"
 
 @pytest.fixture(scope="module")
 def setup():
+    """The flow task's own state and step (as the trainer builds them) on one device and on each mesh."""
     assert len(jax.devices()) == 8
-    dit = CFG.dit_config()
-    opt, sched = state_lib.make_optimizer(CFG.optim, CFG.steps)
-    graphdef, abstract = state_lib.abstract_state(dit, opt, ema=True)
+    task = tc.flow_task(CFG)
     one = sharding.make_mesh({"fsdp": 1}, devices=jax.devices()[:1])
-    sh1 = state_lib.state_shardings(abstract, one)
-    params = state_lib.random_params(dit, 0, sh1["params"])
-    state0 = jax.device_get(state_lib.init_state(params, opt, 0, sh1, ema=True))
-    it = iter(data_lib.dataset(CFG, dit, CFG.batch_size, 0, 1))
+    sh1 = task.state_shardings(one)
+    state0 = jax.device_get(task.init_state(sh1))
+    it = iter(data_lib.dataset(CFG.data, task.raw, task.dit, CFG.batch_size, 0, 1))
     raw = next(it)
     batch = {k: raw[k].reshape(2, 4, *raw[k].shape[1:]) for k in ("latents", "text", "image")}
     f, hh, ww = batch["latents"].shape[3:6]
@@ -42,11 +39,9 @@ def setup():
     assert keep < objective.num_tokens(f, hh, ww, 2)  # the masked pass really drops tokens
 
     def run(mesh):
-        sh = state_lib.state_shardings(abstract, mesh)
+        sh = task.state_shardings(mesh)
         bsh = step_lib.batch_shardings({k: v.shape for k, v in batch.items()}, mesh)
-        fn = step_lib.make_train_step(graphdef, objective_cfg=CFG.objective, runtime=CFG.runtime_obj(), optimizer=opt,
-                                      schedule=sched, mesh=mesh, state_sh=sh, batch_sh=bsh, ema_decay=0.9, chunk=2,
-                                      keep=keep)
+        fn = task.make_step((2, keep), mesh, sh, bsh)
         state = jax.device_put(state0, sh)
         new, metrics = fn(state, jax.device_put(batch, bsh))
         return new, jax.device_get(metrics)
@@ -61,9 +56,9 @@ def test_sharded_step_matches_one_device(setup, mesh_shape):
     mesh = sharding.make_mesh(mesh_shape)
     new, m = run(mesh)
     # parameters and optimizer moments really are sharded by the logical table (FSDP over embed, tensor over mlp)
-    k = new["params"]["blocks"]["ffn"]["fc1"]["kernel"]
+    k = new["dit"]["params"]["blocks"]["ffn"]["fc1"]["kernel"]
     assert k.sharding.spec[1] == "fsdp" and k.sharding.spec[2] == "tensor"
-    mu = new["opt_state"][1][0].mu["blocks"]["ffn"]["fc1"]["kernel"]
+    mu = new["dit"]["opt_state"][1][0].mu["blocks"]["ffn"]["fc1"]["kernel"]
     assert mu.sharding.spec == k.sharding.spec
     assert k.addressable_shards[0].data.size == k.size // (mesh.shape["fsdp"] * mesh.shape["tensor"])
     for key in ("loss", "loss_unmasked", "loss_masked", "grad_norm", "lr"):
@@ -72,6 +67,7 @@ def test_sharded_step_matches_one_device(setup, mesh_shape):
     new = jax.device_get(new)
     assert int(new["step"]) == 1
     lr = CFG.optim.lr
+    new, ref, state0 = new["dit"], ref["dit"], state0["dit"]
     flat = [Pm.flatten(s["params"]) for s in (new, ref, state0)]
     mus = [Pm.flatten(s["opt_state"][1][0].mu) for s in (new, ref)]
     nus = [Pm.flatten(s["opt_state"][1][0].nu) for s in (new, ref)]

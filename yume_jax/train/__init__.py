@@ -1,1 +1,3 @@
-"""Training library: objective, state/optimizer, sharded step, checkpoints, data, metrics (issue 7)."""
+"""Training library: the loop (:mod:`.trainer`) runs a task (:mod:`.task`; the flow/MVDT task is
+:mod:`.tasks.flow`) built from shared pieces: state and optimizers (:mod:`.state`), step helpers
+(:mod:`.step`), objective, checkpoints, data and metrics."""

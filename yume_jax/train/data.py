@@ -156,10 +156,9 @@ class Shapes:
     image_tokens: int  # 0: no image features
 
 
-def describe(cfg, dit, path: Path | None) -> Shapes:
-    """Shapes of the batches of ``cfg``'s source; raises ValueError when they do not fit the model."""
-    d = cfg.data
-    raw = cfg.raw_config()
+def describe(d, raw: pl.RawConfig, dit, path: Path | None) -> Shapes:
+    """Shapes of the batches of data section ``d`` (raw-clip config ``raw``) for model ``dit``; raises
+    ValueError when they do not fit the model."""
     st, sh, sw = d.vae_stride
     if d.source != "latents":
         return Shapes((raw.chunk_frames - 1) // st + 1, (raw.height // sh, raw.width // sw), d.latent_channels,
@@ -176,7 +175,7 @@ def describe(cfg, dit, path: Path | None) -> Shapes:
     image_tokens = 0
     if dit.image_dim is not None:
         if "image" not in ex:
-            raise ValueError(f"{cfg.model.preset} has image cross-attention but the latent dataset {path} holds no "
+            raise ValueError(f"the model has image cross-attention but the latent dataset {path} holds no "
                              "image features; rebuild it with python -m train.build_latents --image-encoder CLIP, "
                              "or use a model without image_dim")
         image_tokens, image_dim = ex["image"].shape
@@ -193,10 +192,9 @@ def describe(cfg, dit, path: Path | None) -> Shapes:
     return Shapes(chunk, (h, w), z, text_len, text_dim, image_tokens)
 
 
-def ensure_world(path: Path, cfg) -> Path:
-    """Render ``cfg.data.generate`` sandbox videos into ``path`` when it holds no clips yet."""
+def ensure_world(path: Path, d, raw: pl.RawConfig) -> Path:
+    """Render ``d.generate`` sandbox videos (of ``raw``'s size) into ``path`` when it holds no clips yet."""
     from yume_jax.data import world
-    d = cfg.data
     path = Path(path)
     if path.is_dir() and any(path.iterdir()):
         return path
@@ -204,7 +202,6 @@ def ensure_world(path: Path, cfg) -> Path:
         raise ValueError(f"--data.path={path} holds no clips; render some with python -m yume_jax.data.world "
                          "or set --data.generate=N")
     wcfg = world.PRESETS[d.world]
-    raw = cfg.raw_config()
     wcfg = wcfg.replace(height=raw.height, width=raw.width)
     tmp = path.with_name(path.name + ".partial")
     import shutil
@@ -216,12 +213,11 @@ def ensure_world(path: Path, cfg) -> Path:
     return path
 
 
-def dataset(cfg, dit, batch_size: int, shard_index: int, shard_count: int,
+def dataset(d, raw: pl.RawConfig, dit, batch_size: int, shard_index: int, shard_count: int,
             path: Path | None = None) -> grain.IterDataset:
-    """The batches of this process (``batch_size`` = its share of one optimizer step)."""
+    """The batches of this process (``batch_size`` = its share of one optimizer step) for data section
+    ``d`` (``configs.train.DataConfig``), raw-clip config ``raw`` and model ``dit``."""
     from yume_jax.data import sekai
-    d = cfg.data
-    raw = cfg.raw_config()
     loader = pl.LoaderConfig(seed=d.seed, batch_size=batch_size, num_workers=d.num_workers)
     image = (d.image_tokens, dit.image_dim) if dit.image_dim is not None else None
     if d.source == "synthetic":

@@ -2,17 +2,19 @@
 optional EMA, and the shardings of all of it (FSDP / ZeRO-3: parameters, gradients and optimizer
 moments are sharded alike by the logical table of :mod:`yume_jax.sharding`).
 
-The state is a plain dict pytree (what Orbax saves):
-``{"step": int32[], "params": <nested dict of float32>, "opt_state": <optax state>, "rng": uint32[2],
-"ema": <like params> (only with ema_decay > 0)}``. Parameters are the NNX state of the model as a
-pure nested dict (``nnx.merge(graphdef, params)`` rebuilds the model).
+A task's state is a plain dict pytree (what Orbax saves) over its named models (:class:`Model`):
+``{"step": int32[], "rng": uint32[2], <name>: {"params": <nested dict of float32>, "opt_state":
+<optax state> (trainable models), "ema": <like params> (ema_decay > 0)}}``. Parameters are the NNX
+state of the model as a pure nested dict (``nnx.merge(graphdef, params)`` rebuilds the model).
 
 Reference optimiser (spec/yume.md "Training objective"): Adam, lr 1e-5, weight decay 1e-3, clip 1.0,
 constant LR; weight decay is decoupled (AdamW) and applies to every parameter, as in the reference.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -93,23 +95,54 @@ def tree_shardings_like_params(tree, param_sh: dict, mesh):
     return jax.tree_util.tree_map_with_path(pick, tree)
 
 
-def abstract_state(dit: DiTConfig, optimizer: optax.GradientTransformation, ema: bool):
-    graphdef, params = graphdef_and_abstract(dit)
-    opt = jax.eval_shape(optimizer.init, params)
-    state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params, "opt_state": opt,
-             "rng": jax.ShapeDtypeStruct((2,), jnp.uint32)}
-    if ema:
-        state["ema"] = params
-    return graphdef, state
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """One named model of a task: graphdef, abstract float32 parameters, its optimizer (None: frozen,
+    no optimizer state) and EMA decay (0: no EMA copy). ``shardings(abstract_params, mesh)`` gives the
+    parameter shardings (default: the logical table of :mod:`yume_jax.sharding`)."""
+
+    graphdef: Any
+    params: Any  # nested dict of ShapeDtypeStruct
+    optimizer: optax.GradientTransformation | None = None
+    ema_decay: float = 0.0
+    shardings: Callable[[Any, Any], Any] | None = None
+
+    @property
+    def trainable(self) -> bool:
+        return self.optimizer is not None
 
 
-def state_shardings(state, mesh) -> dict:
-    psh = param_shardings(state["params"], mesh)
+RESERVED = ("step", "rng")
+
+
+def abstract_state(models: dict[str, Model]) -> dict:
+    """``{"step", "rng", <name>: {"params", "opt_state" (trainable), "ema" (EMA)}}`` as ShapeDtypeStructs."""
+    bad = [n for n in models if n in RESERVED]
+    if bad:
+        raise ValueError(f"model names {bad} are reserved state keys")
+    state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "rng": jax.ShapeDtypeStruct((2,), jnp.uint32)}
+    for name, m in models.items():
+        entry = {"params": m.params}
+        if m.trainable:
+            entry["opt_state"] = jax.eval_shape(m.optimizer.init, m.params)
+        if m.ema_decay > 0:
+            entry["ema"] = m.params
+        state[name] = entry
+    return state
+
+
+def state_shardings(models: dict[str, Model], abstract: dict, mesh) -> dict:
+    """Shardings of :func:`abstract_state`: optimizer moments and EMA follow their parameters."""
     rep = NamedSharding(mesh, P())
-    out = {"step": rep, "params": psh, "opt_state": tree_shardings_like_params(state["opt_state"], psh, mesh),
-           "rng": rep}
-    if "ema" in state:
-        out["ema"] = psh
+    out = {"step": rep, "rng": rep}
+    for name, m in models.items():
+        psh = m.shardings(m.params, mesh) if m.shardings is not None else param_shardings(m.params, mesh)
+        entry = {"params": psh}
+        if "opt_state" in abstract[name]:
+            entry["opt_state"] = tree_shardings_like_params(abstract[name]["opt_state"], psh, mesh)
+        if "ema" in abstract[name]:
+            entry["ema"] = psh
+        out[name] = entry
     return out
 
 
@@ -174,13 +207,18 @@ def _place(arr: np.ndarray, sharding) -> jax.Array:
     return jax.make_array_from_callback(arr.shape, sharding, lambda idx: arr[idx])
 
 
-def init_state(params, optimizer, seed: int, shardings, ema: bool) -> dict:
-    """Optimizer state initialised in its shards next to ``params`` (whose buffers are donated)."""
-    def make(p):
-        st = {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": optimizer.init(p),
-              "rng": jax.random.key_data(jax.random.key(seed))}
-        if ema:
-            st["ema"] = jax.tree.map(jnp.copy, p)
+def init_state(models: dict[str, Model], params: dict, seed: int, shardings) -> dict:
+    """The state of :func:`abstract_state` from each model's parameters (buffers donated): optimizer
+    states initialised in their shards, EMA copies, step 0 and the RNG of ``seed``."""
+    def make(ps):
+        st = {"step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(jax.random.key(seed))}
+        for name, m in models.items():
+            entry = {"params": ps[name]}
+            if m.trainable:
+                entry["opt_state"] = m.optimizer.init(ps[name])
+            if m.ema_decay > 0:
+                entry["ema"] = jax.tree.map(jnp.copy, ps[name])
+            st[name] = entry
         return st
 
     return jax.jit(make, out_shardings=shardings, donate_argnums=0)(params)
