@@ -168,7 +168,7 @@ def test_renderer_takes_arrays_not_world():
     assert not [m for m in imported if m.startswith("yume_jax")], imported
     assert wj._EPS == world._EPS
     cfg = TINY.replace(supersample=2)
-    assert np.array_equal(np.asarray(wj._directions(cfg)), world.ray_directions(cfg))
+    assert np.array_equal(np.asarray(wj._directions(cfg)), world.ray_directions(cfg).astype(np.float32))
     plans = [world.plan_clip(s, 4, TINY) for s in (11, 12)]
     frames = wj.render_walks([p[3] for p in plans], np.stack([p[2] for p in plans]), TINY)
     assert frames.shape == (2, 4, TINY.height, TINY.width, 3)

@@ -55,9 +55,10 @@ class WorldConfig:
         return np.array([[f, 0, (self.width - 1) / 2], [0, f, (self.height - 1) / 2], [0, 0, 1]], np.float64)
 
     def ray_directions(self) -> np.ndarray:
-        """Unit camera-space ray directions (H*W, 3) float32 through the pixel centres of :meth:`intrinsics`
-        (scaled by ``supersample``), row-major over pixels: the rays of :func:`camera_rays`, and those the
-        JAX port (:mod:`yume_jax.data.world_jax`) takes from the config."""
+        """Unit camera-space ray directions (H*W, 3) through the pixel centres of :meth:`intrinsics` (scaled
+        by ``supersample``), row-major over pixels, float64 (float32 grid over the float64 focal length): the
+        rays of :func:`camera_rays`, and those the JAX port (:mod:`yume_jax.data.world_jax`) takes from the
+        config (as float32)."""
         k = max(1, int(self.supersample))
         H, W = self.height * k, self.width * k
         f = self.intrinsics()[0, 0] * k
@@ -521,7 +522,7 @@ def camera_rays(c2w: np.ndarray, cfg: WorldConfig = WorldConfig()) -> tuple[np.n
 
 
 def ray_directions(cfg: WorldConfig = WorldConfig()) -> np.ndarray:
-    """Unit camera-space ray directions (H*W, 3) float32 of :func:`camera_rays`: ``cfg.ray_directions()``."""
+    """Unit camera-space ray directions (H*W, 3) of :func:`camera_rays`: ``cfg.ray_directions()``."""
     return cfg.ray_directions()
 
 
