@@ -10,8 +10,9 @@ spread over each clip's poses.
 
 - ``numpy``: :func:`yume_jax.data.world.render` frames/s, one process, one frame at a time (median over
   repeats, 2 warm-up frames excluded);
-- ``jax``: :func:`yume_jax.data.world_jax.render_clips`-style rendering of ``--clips`` scenes x ``--frames``
-  poses (scenes padded to the capacity for ``--clip-frames`` frames, or with ``--tight`` to the per-kind
+- ``jax``: :func:`yume_jax.data.world.render_clips`-style (``backend="jax"``, that is
+  :func:`yume_jax.data.world_jax.render_walks`) rendering of ``--clips`` scenes x ``--frames`` poses
+  (scenes padded to the capacity for ``--clip-frames`` frames, or with ``--tight`` to the per-kind
   :func:`~yume_jax.data.world_jax.tight_capacity` of these scenes): ``compile_s`` is the first call
   (tracing, compilation and one run), then ``frames_per_s`` end to end (scene padding, host-to-device,
   render, uint8 frames back on the host) and ``device_frames_per_s`` (inputs already on the device, one

@@ -190,6 +190,24 @@ def test_clip_determinism_and_coherence():
     assert (dist > radius[None]).all()
 
 
+def test_render_clips_numpy_is_make_clip():
+    """render_clips stacks make_clip's clips (given scripts too); bad backends and script counts fail."""
+    given = world.script_from_keys("A*2")
+    clips = world.render_clips([3, 4], 3, TINY, scripts=[None, given])
+    assert clips.frames.shape == (2, 3, TINY.height, TINY.width, 3)
+    for i, (seed, script) in enumerate([(3, None), (4, given)]):
+        ref = world.make_clip(seed, 3, TINY, script=script)
+        assert np.array_equal(ref.frames, clips.frames[i]) and np.array_equal(ref.c2w, clips.c2w[i])
+        assert ref.actions == clips.actions[i] and ref.script == clips.scripts[i]
+        assert np.array_equal(ref.scene.sph_c, clips.scenes[i].sph_c)
+    assert np.array_equal(clips.intrinsic, TINY.intrinsics())
+    assert world.render_clips([], 3, TINY).frames.shape == (0, 3, TINY.height, TINY.width, 3)
+    with pytest.raises(ValueError, match="backend"):
+        world.render_clips([3], 3, TINY, backend="torch")
+    with pytest.raises(ValueError, match="scripts"):
+        world.render_clips([3], 3, TINY, scripts=[None, None])
+
+
 def test_intrinsics_and_presets():
     K = world.WorldConfig().intrinsics()
     assert K.shape == (3, 3) and K[0, 0] == K[1, 1]

@@ -27,7 +27,7 @@ def test_frames_equal_numpy(preset):
     """
     cfg = world.PRESETS[preset].replace(supersample=2, shadows=True)
     seeds, T = [0, 1, 2], 6
-    clips = wj.render_clips(seeds, T, cfg)
+    clips = world.render_clips(seeds, T, cfg, backend="jax")
     assert clips.frames.shape == (3, T, cfg.height, cfg.width, 3) and clips.frames.dtype == np.uint8
     ref = np.stack([world.make_clip(s, T, cfg).frames for s in seeds])
     assert ref.std() > 20  # a real scene in view
@@ -37,11 +37,11 @@ def test_frames_equal_numpy(preset):
 
 
 def test_plans_match_make_clip_and_one_program():
-    """render_clips gives make_clip's scripts, poses, actions and scenes (random and given scripts); scenes
+    """render_clips(backend="jax") gives make_clip's scripts, poses, actions and scenes (random and given scripts); scenes
     of different sizes share one compiled program."""
     cfg = TINY.replace(shadows=True)
     given = world.script_from_keys("W*3, W+→*2")
-    clips = wj.render_clips([5, 6], 6, cfg, scripts=[None, given], frames_per_call=4)
+    clips = world.render_clips([5, 6], 6, cfg, scripts=[None, given], backend="jax", frames_per_call=4)
     for i, (seed, script) in enumerate([(5, None), (6, given)]):
         ref = world.make_clip(seed, 6, cfg, script=script)
         assert np.array_equal(ref.c2w, clips.c2w[i]) and ref.actions == clips.actions[i]
@@ -52,13 +52,14 @@ def test_plans_match_make_clip_and_one_program():
     sizes = {(len(s.sph_r), len(s.box_lo), len(s.cyl_r)) for s in clips.scenes}
     assert len(sizes) == 2  # different scenes...
     n = wj._render_batch._cache_size()
-    other = wj.render_clips([7, 8, 9], 6, cfg, frames_per_call=4)  # ...and new ones: no new compile
+    other = world.render_clips([7, 8, 9], 6, cfg, backend="jax", frames_per_call=4)  # ...and new ones: no new compile
     assert wj._render_batch._cache_size() == n
     assert {(len(s.sph_r), len(s.box_lo), len(s.cyl_r)) for s in other.scenes} - sizes
     with pytest.raises(ValueError, match="capacity"):
-        wj.render_clips([5], 6, cfg, cap=8)
+        world.render_clips([5], 6, cfg, backend="jax", cap=8)
     # per-kind capacities cut to the scenes: the same frames
-    tight = wj.render_clips([5, 6], 6, cfg, scripts=[None, given], frames_per_call=4, cap="tight")
+    tight = world.render_clips([5, 6], 6, cfg, scripts=[None, given], backend="jax", frames_per_call=4,
+                               cap="tight")
     caps = wj.tight_capacity(clips.scenes)
     assert tight.frames.shape == clips.frames.shape and max(caps) < wj._cap_for(cfg, 6, clips.scenes)
     assert _compare(tight.frames, clips.frames)[0] < 1e-4
@@ -154,3 +155,25 @@ def test_single_frame_and_fog_color():
         assert any_diff < 2e-3 and top <= 2
     plain = wj.render(sc, T, cfg).astype(int)
     assert a[..., 0].mean() > plain[..., 0].mean() + 10 and a[..., 1].mean() < plain[..., 1].mean() - 10  # red fog
+
+
+def test_renderer_takes_arrays_not_world():
+    """world_jax never imports world (the dependency goes one way): its copy of the hit threshold is world's,
+    its rays are the config's (world's, bit for bit), and render_walks renders planned walks given to it."""
+    import ast
+    import inspect
+    tree = ast.parse(inspect.getsource(wj))
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert not [m for m in imported if m.startswith("yume_jax")], imported
+    assert wj._EPS == world._EPS
+    cfg = TINY.replace(supersample=2)
+    assert np.array_equal(np.asarray(wj._directions(cfg)), world.ray_directions(cfg).astype(np.float32))
+    plans = [world.plan_clip(s, 4, TINY) for s in (11, 12)]
+    frames = wj.render_walks([p[3] for p in plans], np.stack([p[2] for p in plans]), TINY)
+    assert frames.shape == (2, 4, TINY.height, TINY.width, 3)
+    assert np.array_equal(frames[1], wj.render_frames(plans[1][3], plans[1][2], TINY, cap=wj._cap_for(
+        TINY, 4, [p[3] for p in plans])))
+    assert np.array_equal(frames, world.render_clips([11, 12], 4, TINY, backend="jax").frames)
+    with pytest.raises(ValueError, match="walks"):
+        wj.render_walks([plans[0][3]], np.stack([p[2] for p in plans]), TINY)

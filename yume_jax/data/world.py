@@ -11,7 +11,9 @@ the camera stays at y = -eye_height.
 ``python -m yume_jax.data.world --out DIR --clips N --seed S --layout sekai|yume`` writes MP4s and pose
 files in exactly the official Sekai layout or Yume's ``Keys_*_Mouse_*`` layout (see
 :mod:`yume_jax.data.sekai`), deterministically by seed; ``--backend jax`` renders the same frames with the
-jit-compiled port :mod:`yume_jax.data.world_jax` (GPU speed; this module stays the reference).
+jit-compiled port :mod:`yume_jax.data.world_jax` (GPU speed; this module stays the reference). The
+dependency goes one way: this module plans clips (scripts, poses, scenes) and hands arrays to the port,
+which never imports it; :func:`render_clips` renders many clips at once with either backend.
 """
 from __future__ import annotations
 
@@ -51,6 +53,19 @@ class WorldConfig:
         """Pinhole K (pixel centres at integer coordinates, OpenCV convention)."""
         f = (self.width / 2) / math.tan(math.radians(self.hfov_deg) / 2)
         return np.array([[f, 0, (self.width - 1) / 2], [0, f, (self.height - 1) / 2], [0, 0, 1]], np.float64)
+
+    def ray_directions(self) -> np.ndarray:
+        """Unit camera-space ray directions (H*W, 3) through the pixel centres of :meth:`intrinsics` (scaled
+        by ``supersample``), row-major over pixels, float64 (float32 grid over the float64 focal length): the
+        rays of :func:`camera_rays`, and those the JAX port (:mod:`yume_jax.data.world_jax`) takes from the
+        config (as float32)."""
+        k = max(1, int(self.supersample))
+        H, W = self.height * k, self.width * k
+        f = self.intrinsics()[0, 0] * k
+        v, u = np.mgrid[0:H, 0:W].astype(np.float32)
+        dc = np.stack([(u - (W - 1) / 2) / f, (v - (H - 1) / 2) / f, np.ones_like(u)], -1).reshape(-1, 3)
+        dc /= np.linalg.norm(dc, axis=-1, keepdims=True)
+        return dc
 
 
 PRESETS = {
@@ -507,14 +522,8 @@ def camera_rays(c2w: np.ndarray, cfg: WorldConfig = WorldConfig()) -> tuple[np.n
 
 
 def ray_directions(cfg: WorldConfig = WorldConfig()) -> np.ndarray:
-    """Unit camera-space ray directions (H*W, 3) float32 of :func:`camera_rays` (shared with the JAX port)."""
-    k = max(1, int(cfg.supersample))
-    H, W = cfg.height * k, cfg.width * k
-    f = cfg.intrinsics()[0, 0] * k
-    v, u = np.mgrid[0:H, 0:W].astype(np.float32)
-    dc = np.stack([(u - (W - 1) / 2) / f, (v - (H - 1) / 2) / f, np.ones_like(u)], -1).reshape(-1, 3)
-    dc /= np.linalg.norm(dc, axis=-1, keepdims=True)
-    return dc
+    """Unit camera-space ray directions (H*W, 3) of :func:`camera_rays`: ``cfg.ray_directions()``."""
+    return cfg.ray_directions()
 
 
 def trace(scene: Scene, c2w: np.ndarray, cfg: WorldConfig = WorldConfig()):
@@ -729,6 +738,50 @@ def make_clip(seed, num_frames: int = 160, cfg: WorldConfig = WorldConfig(), scr
         it = tqdm(it, desc="render", leave=False)
     frames = np.stack([render(scene, c2w[i], cfg) for i in it])
     return Clip(frames, c2w, cfg.intrinsics(), actions, script, scene)
+
+
+@dataclasses.dataclass
+class Clips:
+    """N clips of T frames: the batched :class:`Clip` (:func:`render_clips`)."""
+
+    frames: np.ndarray  # uint8 (N, T, H, W, 3)
+    c2w: np.ndarray  # float64 (N, T, 4, 4)
+    intrinsic: np.ndarray  # (3, 3)
+    actions: list[list[Action]]  # per clip, T - 1
+    scripts: list[list[Step]]
+    scenes: list[Scene]
+
+
+def render_clips(seeds, num_frames: int = 160, cfg: WorldConfig = WorldConfig(),
+                 scripts: list[list[Step] | None] | None = None, backend: str = "numpy",
+                 cap: int | tuple[int, int, int] | str | None = None,
+                 frames_per_call: int | None = None, ray_chunk: int | None = -1) -> Clips:
+    """Clips ``make_clip(seeds[i], num_frames, cfg, scripts[i])`` together: the same scripts, poses, actions
+    and scenes, frames stacked (N, T, H, W, 3).
+
+    ``backend="jax"`` renders every clip in one compiled program on the default JAX device
+    (:func:`yume_jax.data.world_jax.render_walks`; frames equal up to float rounding): scenes are padded to
+    ``cap`` objects per kind (default :func:`~yume_jax.data.world_jax.capacity` for ``num_frames``, raised
+    to a multiple of 16 above the largest scene if needed), or per kind; ``cap="tight"``:
+    :func:`~yume_jax.data.world_jax.tight_capacity` of these scenes (less work, a compile per new size).
+    ``cap``, ``frames_per_call`` and ``ray_chunk`` (rays per step, -1: the platform default) are the JAX
+    renderer's; the NumPy one renders frame by frame."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    seeds = list(seeds)
+    scripts = [None] * len(seeds) if scripts is None else list(scripts)
+    if len(scripts) != len(seeds):
+        raise ValueError(f"{len(scripts)} scripts for {len(seeds)} seeds")
+    plans = [plan_clip(s, num_frames, cfg, sc) for s, sc in zip(seeds, scripts)]
+    scenes = [p[3] for p in plans]
+    c2w = np.stack([p[2] for p in plans]) if plans else np.zeros((0, num_frames, 4, 4))
+    if backend == "jax":
+        from yume_jax.data import world_jax
+        frames = world_jax.render_walks(scenes, c2w, cfg, cap, frames_per_call, ray_chunk)
+    else:
+        frames = np.stack([np.stack([render(sc, T, cfg) for T in walk]) for sc, walk in zip(scenes, c2w)]) if plans \
+            else np.zeros((0, num_frames, cfg.height, cfg.width, 3), np.uint8)
+    return Clips(frames, c2w, cfg.intrinsics(), [p[1] for p in plans], [p[0] for p in plans], scenes)
 
 
 def normalize_poses(c2w: np.ndarray) -> tuple[np.ndarray, float]:

@@ -20,8 +20,15 @@ Dot products are written out as sums of products (no matmul unit, no TF32 on GPU
 uint32 like the NumPy one. Measured agreement (tests/test_world_jax.py): ~0.01% of pixels differ, almost
 all by 1 level; a grazing ray within one rounding of a silhouette can flip a subsample (~1 pixel in 10^5).
 
-Use: :func:`render_clips` (N seeds -> uint8 (N, T, H, W, 3) with poses, actions, scripts and scenes),
-:func:`render_frames` (one scene along poses), ``world.make_clip(..., backend="jax")`` and
+A pure renderer of arrays: it never imports :mod:`yume_jax.data.world` (which plans clips and calls this
+module, one way). Scenes are taken by their fields (:class:`SceneLike`, a ``world.Scene``), configs by
+theirs (:class:`RenderConfig`, a ``world.WorldConfig``, whose ``ray_directions()`` are the camera rays);
+``_EPS`` is world's (tests/test_world_jax.py checks they agree).
+
+Use: :func:`render_walks` (N scenes along N planned walks -> uint8 (N, T, H, W, 3)), :func:`render_frames`
+(one scene along poses), :func:`render_poses` (padded scenes per frame); planning and clips live in
+:mod:`yume_jax.data.world`: ``world.render_clips(seeds, ..., backend="jax")`` (N seeds -> frames with poses,
+actions, scripts and scenes), ``world.make_clip(..., backend="jax")`` and
 ``python -m yume_jax.data.world --backend jax``. Throughput: bench/world_render.py.
 """
 from __future__ import annotations
@@ -29,19 +36,58 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from yume_jax.camera import Action
-from yume_jax.data import world
-from yume_jax.data.world import Scene, Step, WorldConfig
-
-_EPS = world._EPS
+_EPS = 1e-3  # yume_jax.data.world._EPS: the smallest ray distance that counts as a hit
 _f32 = jnp.float32
 _u32 = jnp.uint32
+
+# ----------------------------------------------------------------------------------------- inputs
+
+
+class RenderConfig(Protocol):
+    """What the renderer reads of a :class:`yume_jax.data.world.WorldConfig` (frozen, hashable)."""
+
+    height: int
+    width: int
+    fps: int
+    walk_speed: float
+    objects_min: int
+    objects_per_m: float
+    fog_distance: float
+    shadows: bool
+    supersample: int
+
+    def intrinsics(self) -> np.ndarray: ...
+
+    def ray_directions(self) -> np.ndarray: ...
+
+
+class SceneLike(Protocol):
+    """What the renderer reads of a :class:`yume_jax.data.world.Scene`: its object and look arrays."""
+
+    sph_c: np.ndarray
+    sph_r: np.ndarray
+    sph_col: np.ndarray
+    sph_pat: np.ndarray
+    box_lo: np.ndarray
+    box_hi: np.ndarray
+    box_col: np.ndarray
+    box_pat: np.ndarray
+    cyl_c: np.ndarray
+    cyl_r: np.ndarray
+    cyl_top: np.ndarray
+    cyl_col: np.ndarray
+    cyl_pat: np.ndarray
+    sun: np.ndarray
+    seed: int
+    ground_cols: np.ndarray
+    sky_cols: np.ndarray
+    mountain: np.ndarray
 
 # ----------------------------------------------------------------------------------------- scene arrays
 
@@ -73,7 +119,7 @@ class SceneArrays(NamedTuple):
     mountain: np.ndarray  # (3, 2)
 
 
-def capacity(cfg: WorldConfig, num_frames: int, max_speed: float = 1.4) -> int:
+def capacity(cfg: RenderConfig, num_frames: int, max_speed: float = 1.4) -> int:
     """Objects per kind that any :func:`~yume_jax.data.world.make_scene` along a ``num_frames`` walk at speed
     factors up to ``max_speed`` (random scripts: 1.4) can hold, rounded up to a multiple of 16: the
     scene places at most ``objects_min + objects_per_m * path length`` objects, each adding at most one of
@@ -83,7 +129,7 @@ def capacity(cfg: WorldConfig, num_frames: int, max_speed: float = 1.4) -> int:
     return -(-n // 16) * 16
 
 
-def tight_capacity(scenes: Sequence[Scene], multiple: int = 16) -> tuple[int, int, int]:
+def tight_capacity(scenes: Sequence[SceneLike], multiple: int = 16) -> tuple[int, int, int]:
     """Per-kind capacities (spheres, boxes, cylinders): the largest counts among ``scenes`` rounded up to
     ``multiple``. About 3x less padded work than :func:`capacity` for dataset-length clips (110 objects:
     typically <= 48 / 36 / 61 of a kind against 112 each), at the price of a compile per new rounded size
@@ -93,7 +139,7 @@ def tight_capacity(scenes: Sequence[Scene], multiple: int = 16) -> tuple[int, in
     return tuple(int(-(-n // multiple) * multiple) for n in top)
 
 
-def scene_arrays(scene: Scene, cap: int | tuple[int, int, int]) -> SceneArrays:
+def scene_arrays(scene: SceneLike, cap: int | tuple[int, int, int]) -> SceneArrays:
     """Pad a scene's objects to ``cap`` per kind, or to (spheres, boxes, cylinders) capacities (float32,
     padding marked invalid)."""
     caps = (cap, cap, cap) if isinstance(cap, (int, np.integer)) else tuple(cap)
@@ -379,7 +425,7 @@ class _Static:
     ray_chunk: int | None
 
     @staticmethod
-    def of(cfg: WorldConfig, ray_chunk: int | None = None) -> "_Static":
+    def of(cfg: RenderConfig, ray_chunk: int | None = None) -> "_Static":
         k = max(1, int(cfg.supersample))
         return _Static(cfg.height, cfg.width, k, float(np.float32(k / cfg.intrinsics()[0, 0])),
                        float(cfg.fog_distance), bool(cfg.shadows), ray_chunk)
@@ -442,7 +488,7 @@ def _render_batch(sa: SceneArrays, R, o, dc, fog_color, st: _Static):
 # ----------------------------------------------------------------------------------------- public API
 
 
-def default_frames_per_call(cfg: WorldConfig) -> int:
+def default_frames_per_call(cfg: RenderConfig) -> int:
     """Frames per compiled call: about 2^21 rays (2^16 on CPU)."""
     k = max(1, int(cfg.supersample))
     budget = 1 << (16 if jax.default_backend() == "cpu" else 21)
@@ -456,11 +502,12 @@ def default_ray_chunk() -> int | None:
 
 
 @functools.lru_cache(maxsize=8)
-def _directions(cfg: WorldConfig):
-    return jnp.asarray(world.ray_directions(cfg))
+def _directions(cfg: RenderConfig):
+    """Camera-space ray directions on the device: ``cfg.ray_directions()`` (world's, bit for bit)."""
+    return jnp.asarray(cfg.ray_directions())
 
 
-def render_poses(scenes: Sequence[SceneArrays], c2w: np.ndarray, cfg: WorldConfig = WorldConfig(),
+def render_poses(scenes: Sequence[SceneArrays], c2w: np.ndarray, cfg: RenderConfig,
                  frames_per_call: int | None = None, fog_color=None, ray_chunk: int | None = -1) -> np.ndarray:
     """uint8 (F, H, W, 3): frame i shows ``scenes[i]`` (padded arrays of one capacity) from ``c2w[i]``.
 
@@ -487,7 +534,7 @@ def render_poses(scenes: Sequence[SceneArrays], c2w: np.ndarray, cfg: WorldConfi
         (0, cfg.height, cfg.width, 3), np.uint8)
 
 
-def render_frames(scene: Scene, c2w: np.ndarray, cfg: WorldConfig = WorldConfig(),
+def render_frames(scene: SceneLike, c2w: np.ndarray, cfg: RenderConfig,
                   cap: int | tuple[int, int, int] | None = None,
                   frames_per_call: int | None = None, fog_color=None, ray_chunk: int | None = -1) -> np.ndarray:
     """uint8 (N, H, W, 3): :func:`yume_jax.data.world.render` of one scene along poses (N, 4, 4). The
@@ -498,52 +545,35 @@ def render_frames(scene: Scene, c2w: np.ndarray, cfg: WorldConfig = WorldConfig(
     return render_poses([sa] * len(c2w), c2w, cfg, frames_per_call, fog_color, ray_chunk)
 
 
-def render(scene: Scene, c2w: np.ndarray, cfg: WorldConfig = WorldConfig(), fog_color=None) -> np.ndarray:
+def render(scene: SceneLike, c2w: np.ndarray, cfg: RenderConfig, fog_color=None) -> np.ndarray:
     """One frame, uint8 (H, W, 3), like :func:`yume_jax.data.world.render`."""
     return render_frames(scene, c2w, cfg, frames_per_call=1, fog_color=fog_color)[0]
 
 
-def _count(scene: Scene) -> int:
+def _count(scene: SceneLike) -> int:
     return max(len(scene.sph_r), len(scene.box_lo), len(scene.cyl_r))
 
 
-def _cap_for(cfg: WorldConfig, num_frames: int, scenes: Sequence[Scene]) -> int:
+def _cap_for(cfg: RenderConfig, num_frames: int, scenes: Sequence[SceneLike]) -> int:
     n = max([capacity(cfg, num_frames)] + [_count(s) for s in scenes])
     return -(-n // 16) * 16
 
 
-@dataclasses.dataclass
-class Clips:
-    """N clips of T frames: the batched :class:`yume_jax.data.world.Clip`."""
-
-    frames: np.ndarray  # uint8 (N, T, H, W, 3)
-    c2w: np.ndarray  # float64 (N, T, 4, 4)
-    intrinsic: np.ndarray  # (3, 3)
-    actions: list[list[Action]]  # per clip, T - 1
-    scripts: list[list[Step]]
-    scenes: list[Scene]
-
-
-def render_clips(seeds: Sequence, num_frames: int = 160, cfg: WorldConfig = WorldConfig(),
-                 scripts: Sequence[list[Step] | None] | None = None,
+def render_walks(scenes: Sequence[SceneLike], c2w: np.ndarray, cfg: RenderConfig,
                  cap: int | tuple[int, int, int] | str | None = None,
-                 frames_per_call: int | None = None, ray_chunk: int | None = -1) -> Clips:
-    """Clips ``make_clip(seeds[i], num_frames, cfg, scripts[i])`` of :mod:`yume_jax.data.world` (same scripts,
-    poses and scenes; frames equal up to float rounding), rendered together on the default JAX device.
+                 frames_per_call: int | None = None, ray_chunk: int | None = -1) -> np.ndarray:
+    """uint8 (N, T, H, W, 3): ``scenes[i]`` along the walk ``c2w[i]`` (N, T, 4, 4), every walk in one compiled
+    program (the frames of :func:`yume_jax.data.world.render_clips` with ``backend="jax"``).
 
-    One compiled program serves every clip: scenes are padded to ``cap`` objects per kind (default
-    :func:`capacity` for ``num_frames``, raised to a multiple of 16 above the largest scene if needed), or
-    per kind; ``cap="tight"``: :func:`tight_capacity` of these scenes (less work, a compile per new size)."""
-    seeds = list(seeds)
-    scripts = [None] * len(seeds) if scripts is None else list(scripts)
-    if len(scripts) != len(seeds):
-        raise ValueError(f"{len(scripts)} scripts for {len(seeds)} seeds")
-    plans = [world.plan_clip(s, num_frames, cfg, sc) for s, sc in zip(seeds, scripts)]
-    scenes = [p[3] for p in plans]
-    cap = tight_capacity(scenes) if cap == "tight" else cap or _cap_for(cfg, num_frames, scenes)
+    Scenes are padded to ``cap`` objects per kind (default :func:`capacity` for T frames, raised to a
+    multiple of 16 above the largest scene if needed), or per kind; ``cap="tight"``: :func:`tight_capacity`
+    of these scenes (less work, a compile per new size)."""
+    c2w = np.asarray(c2w, np.float64)
+    N, T = c2w.shape[:2]
+    if len(scenes) != N:
+        raise ValueError(f"{len(scenes)} scenes for {N} walks")
+    cap = tight_capacity(scenes) if cap == "tight" else cap or _cap_for(cfg, T, scenes)
     arrays = [scene_arrays(s, cap) for s in scenes]
-    c2w = np.stack([p[2] for p in plans]) if plans else np.zeros((0, num_frames, 4, 4))
-    frames = render_poses([a for a in arrays for _ in range(num_frames)], c2w.reshape(-1, 4, 4), cfg,
+    frames = render_poses([a for a in arrays for _ in range(T)], c2w.reshape(-1, 4, 4), cfg,
                           frames_per_call, ray_chunk=ray_chunk)
-    frames = frames.reshape(len(seeds), num_frames, cfg.height, cfg.width, 3)
-    return Clips(frames, c2w, cfg.intrinsics(), [p[1] for p in plans], [p[0] for p in plans], scenes)
+    return frames.reshape(N, T, cfg.height, cfg.width, 3)
