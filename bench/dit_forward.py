@@ -26,7 +26,7 @@ from flax import nnx  # noqa: E402
 
 from configs.models import get  # noqa: E402
 from yume_jax.models import memory  # noqa: E402
-from yume_jax.models import params as P  # noqa: E402
+from yume_jax.core import params as P  # noqa: E402
 from yume_jax.models.attention import attention  # noqa: E402
 from yume_jax.models.config import Runtime  # noqa: E402
 from yume_jax.models.loader import DiT, build  # noqa: E402
@@ -56,7 +56,7 @@ def random_model(cfg, dtype):
         v = normal(jax.random.key(next(counter)), z)
         return v + 1 if name.endswith(".scale") else v
 
-    return nnx.merge(graphdef, P.fill(state, init))
+    return nnx.merge(graphdef, P.map_named(state, init))
 
 
 def timeit(fn, runs, warmup=2):

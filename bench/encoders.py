@@ -44,7 +44,7 @@ from yume_jax.convert.core import transpose  # noqa: E402
 from yume_jax.encoders import ImageEncoder, PromptCache, TextEncoder  # noqa: E402
 from yume_jax.presets import encoder as get  # noqa: E402
 from yume_jax.encoders.clip import CLIP_MEAN, CLIP_STD  # noqa: E402
-from yume_jax.models import params as P  # noqa: E402
+from yume_jax.core import params as P  # noqa: E402
 
 TORCH_DTYPE = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 

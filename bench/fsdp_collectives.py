@@ -39,7 +39,7 @@ def main():
 
     from configs.models import get
     from yume_jax import sharding
-    from yume_jax.models import params as P
+    from yume_jax.core import params as P
     from yume_jax.models.config import Runtime
     from yume_jax.models.loader import build
 

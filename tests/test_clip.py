@@ -91,7 +91,7 @@ def test_vit_h_preset_matches_conversion_table():
     from yume_jax.convert.clip import rows
     from yume_jax.presets import encoder as get
     from yume_jax.encoders.clip import VisionTransformer
-    from yume_jax.models import params as P
+    from yume_jax.core import params as P
 
     cfg = get("clip-vit-h-14")
     assert cfg.num_tokens == 257 and cfg.head_dim == 80

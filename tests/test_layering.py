@@ -21,7 +21,7 @@ FLOORS = {
     "yume_jax.core": 0, "yume_jax.configlib": 0, "yume_jax.sharding": 0,
     "yume_jax.models": 1, "yume_jax.vae": 1, "yume_jax.encoders": 1, "yume_jax.camera": 1, "yume_jax.data": 1,
     "yume_jax.presets": 1,
-    "yume_jax.sampling": 2, "yume_jax.train": 2, "yume_jax.blockcache": 2,
+    "yume_jax.sampling": 2, "yume_jax.train": 2,
     "yume_jax.rollout": 3, "yume_jax.pipeline": 3, "yume_jax.session": 3, "yume_jax.media": 3,
     "yume_jax.testing": 3,
     "yume_jax.eval": 4,

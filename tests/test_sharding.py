@@ -54,7 +54,7 @@ def test_mesh_errors():
 
 
 def test_every_parameter_has_a_rule():
-    from yume_jax.models import params as P
+    from yume_jax.core import params as P
     from flax import nnx
 
     model = build(get("tiny-yume"), abstract=True)

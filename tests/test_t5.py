@@ -95,7 +95,7 @@ def test_umt5_xxl_preset_matches_conversion_table():
     from yume_jax.convert.t5 import entries
     from yume_jax.presets import encoder as get
     from yume_jax.encoders.t5 import UMT5Encoder
-    from yume_jax.models import params as P
+    from yume_jax.core import params as P
 
     cfg = get("umt5-xxl")
     assert (cfg.vocab_size, cfg.dim, cfg.ffn_dim, cfg.num_heads, cfg.head_dim, cfg.num_layers) == (

@@ -15,7 +15,7 @@ import numpy as np
 
 from configs import train as tc
 from yume_jax import sharding
-from yume_jax.models import params as Pm
+from yume_jax.core import params as Pm
 from yume_jax.train import checkpoint as ck
 from yume_jax.train import data as data_lib
 from yume_jax.train import state as state_lib

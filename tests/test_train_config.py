@@ -21,7 +21,7 @@ from configs import train as tc
 from train import train as cli
 from yume_jax import configlib, sharding
 from yume_jax.models import memory
-from yume_jax.models import params as Pm
+from yume_jax.core import params as Pm
 from yume_jax.models.loader import build, save_dit
 from yume_jax.train import data as data_lib
 from yume_jax.train import metrics as mt

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from yume_jax.models import params as Pm
+from yume_jax.core import params as Pm
 from yume_jax.train import checkpoint as ck
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ WORKER = textwrap.dedent('''
     import numpy as np
     from configs import train as tc
     from train.train import init_jax, make_trainer
-    from yume_jax.models import params as Pm
+    from yume_jax.core import params as Pm
     cfg = tc.resolve("tiny-sandbox", [
         f"--workdir={workdir}", f"--compile_cache={cache}", f"--steps={steps}", "--batch_size=8",
         "--mesh.data=2", "--mesh.fsdp=4", "--model.dit.num_layers=2", "--objective.mvdt=false",

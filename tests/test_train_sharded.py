@@ -14,7 +14,7 @@ import pytest
 
 from configs import train as tc
 from yume_jax import sharding
-from yume_jax.models import params as Pm
+from yume_jax.core import params as Pm
 from yume_jax.train import data as data_lib
 from yume_jax.train import objective
 from yume_jax.train import step as step_lib

@@ -2,7 +2,7 @@
 default model until a trained one ships).
 
 The only place of the inference side that touches model presets (:mod:`yume_jax.presets`) and checkpoint
-writing (``yume_jax.convert.core``).
+writing (:mod:`yume_jax.core.checkpoint`).
 """
 from __future__ import annotations
 

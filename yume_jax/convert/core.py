@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from yume_jax.core.checkpoint import FORMAT_VERSION, save_module, write_checkpoint  # noqa: F401
-from yume_jax.core.plan import Op, Plan, check_plan, identity, transpose  # noqa: F401
+from yume_jax.core.plan import Op, Plan, check_plan, identity, transpose  # noqa: F401  (the families import them from here)
 from yume_jax.core.tensors import JAX_META, ConversionError, SafetensorsWriter, TensorSource
 
 

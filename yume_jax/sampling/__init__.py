@@ -7,6 +7,7 @@ mesh axis), aam (Anti-Artifact Mechanism with a real low-pass projector), cache 
 state of the one loop), frozen (history regions of a rollout), api (config, presets, front door), analytic
 (the exact velocity field of Gaussian data, for tests).
 """
+from yume_jax.sampling import euler, sde, tts  # noqa: F401  (the built-in samplers register themselves)
 from yume_jax.sampling.api import PRESETS, AAMConfig, Sampler, SamplerConfig, TTSConfig, preset, sample
 from yume_jax.sampling.frozen import Frozen, history_clean, history_mask, history_renoised
 from yume_jax.sampling.registry import names, register

@@ -8,7 +8,8 @@ where ``config`` is the :class:`yume_jax.sampling.api.SamplerConfig` (the builde
 needs), ``velocity`` a stateful velocity (yume_jax/sampling/loop.py) and ``run`` one whole denoising loop
 from the noise ``x`` (``pre`` is AAM's per-step replacement, yume_jax/sampling/aam.py). ``stochastic``
 samplers need a PRNG key; ``evaluations(config)`` counts velocity evaluations of one loop (default: steps).
-:func:`names` is what a CLI offers (infer/explore.py).
+:func:`names` is what a CLI offers (infer/explore.py). The built-in samplers register themselves when
+``yume_jax.sampling`` is imported (its ``__init__`` imports them; this module imports none of them).
 """
 from __future__ import annotations
 
@@ -43,13 +44,7 @@ def register(name: str, *, stochastic: bool = False, evaluations: Optional[Calla
     return deco
 
 
-def _load_builtin():
-    # the built-in samplers register themselves on import
-    from yume_jax.sampling import euler, sde, tts  # noqa: F401
-
-
 def get(name: str) -> Entry:
-    _load_builtin()
     if name not in _SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; registered: {names()}")
     return _SAMPLERS[name]
@@ -57,5 +52,4 @@ def get(name: str) -> Entry:
 
 def names() -> tuple[str, ...]:
     """Registered sampler names: the built-in ones (euler, sde, tts, tts-sde), then any added, in order."""
-    _load_builtin()
     return tuple(n for n in BUILTIN if n in _SAMPLERS) + tuple(n for n in _SAMPLERS if n not in BUILTIN)

@@ -24,7 +24,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from yume_jax import sharding
-from yume_jax.models import params as Pm
+from yume_jax.core import params as Pm
 from yume_jax.models.config import DiTConfig
 from yume_jax.models.loader import build
 
@@ -73,7 +73,7 @@ def param_shardings(abstract_params, mesh) -> dict:
     """Nested dict of NamedShardings, one per parameter, from the logical table."""
     flat = {k: tuple(v.shape) for k, v in Pm.flatten(abstract_params).items()}
     sh = sharding.param_shardings(flat, mesh)
-    return Pm.fill(abstract_params, lambda name, leaf: sh[name])
+    return Pm.map_named(abstract_params, lambda name, leaf: sh[name])
 
 
 def tree_shardings_like_params(tree, param_sh: dict, mesh):
@@ -200,11 +200,6 @@ def checkpoint_params(path: str, dit: DiTConfig, seed: int, shardings) -> tuple[
 
     params = fill(fresh, src, dtype=np.float32, create=create, place=place_with(Pm.flatten(shardings)))
     return params, created
-
-
-def _place(arr: np.ndarray, sharding) -> jax.Array:
-    """A host array as a global array: each process puts only the slices its devices hold."""
-    return jax.make_array_from_callback(arr.shape, sharding, lambda idx: arr[idx])
 
 
 def init_state(models: dict[str, Model], params: dict, seed: int, shardings) -> dict:
