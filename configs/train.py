@@ -61,7 +61,7 @@ class ObjectiveConfig:
     mvdt: bool = True  # masked pass + unmasked pass, losses summed (needs sideblock + mask_token)
     mask_low: float = 0.3  # mask ratio r = mask_low + U(0, mask_width)
     mask_width: float = 0.2
-    mask_buckets: int = 16  # kept-token counts are rounded to this many buckets (bounded compiles)
+    mask_buckets: int = 5  # distinct masked-token counts per sequence length (bounded compiles; law-preserving rounding)
     t_mean: float = 0.0  # logit-normal location / scale
     t_std: float = 1.0
     shift: float = 3.0  # t' = shift t / (1 + (shift - 1) t)
