@@ -79,6 +79,19 @@ def test_bad_configs_rejected(args, message):
         tc.resolve("tiny-sandbox", args)
 
 
+def test_yume14b_refuses_stand_in_encoders_unless_asked():
+    """The 14B preset trains on real encoders (a latent dataset) or, explicitly, on the stand-in ones."""
+    with pytest.raises(tc.ConfigError) as e:
+        tc.resolve("yume14b-540p")
+    msg = str(e.value)
+    assert "\n" not in msg and "--data.path=" in msg and "--data.source=sandbox" in msg and "stand-in" in msg
+    real = tc.resolve("yume14b-540p", ["--data.path=/data/latents/yume_latents/1.0.0"])
+    assert real.data.source == "latents" and real.data.path == "/data/latents/yume_latents/1.0.0"
+    stand_in = tc.resolve("yume14b-540p", ["--data.source=sandbox"])
+    assert stand_in.data.source == "sandbox" and stand_in.data.world == "540p"
+    assert tc.resolve("tiny-sandbox").data.source == "sandbox"  # the CPU presets are stand-in by design
+
+
 @dataclasses.dataclass(frozen=True)
 class Inner:
     steps: int = 4
