@@ -146,6 +146,18 @@ def test_5b_720p_release_to_pipeline(ti2v_release, tmp_path):
     assert pipe.z_dim == 48 and pipe.dit.config.in_channels == 48 and pipe.image_encoder is None
 
 
+def test_checkpoint_resolution_converts_a_release_once(ti2v_release, tmp_path):
+    from yume_jax.convert import pipeline_dirs
+
+    _, rel = ti2v_release
+    assert pipeline_dirs.kind(rel) == "release"
+    out = pipeline_dirs.resolve(rel, cache=tmp_path / "cache")
+    assert out.parent == tmp_path / "cache" and pipeline_dirs.kind(out) == "pipeline"
+    stamp = (out / "pipeline.json").stat().st_mtime_ns
+    assert pipeline_dirs.resolve(rel, cache=tmp_path / "cache") == out
+    assert (out / "pipeline.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
+
+
 def test_bad_release_dirs(i2v_release, tmp_path, capsys):
     _, rel = i2v_release
     with pytest.raises(ConversionError, match="not a Yume release directory"):
