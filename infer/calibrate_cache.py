@@ -23,7 +23,7 @@ import numpy as np
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m infer.calibrate_cache", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--checkpoint", required=True, help="pipeline directory, release directory or training workdir")
     ap.add_argument("--image")
     ap.add_argument("--action", default="W")
     ap.add_argument("--steps", type=int, default=14)
@@ -37,13 +37,15 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     from infer.explore import UsageError, read_image
+    from yume_jax.convert import pipeline_dirs
     from yume_jax.pipeline import PIPELINE_JSON, load_pipeline
     from yume_jax.rollout import RolloutConfig, Session
     from yume_jax.sampling import cache as blockcache
     from yume_jax.sampling.api import SamplerConfig
 
     try:
-        pipe = load_pipeline(a.checkpoint)
+        pipe_dir = pipeline_dirs.resolve(a.checkpoint)
+        pipe = load_pipeline(pipe_dir)
         image = read_image(a.image) if a.image else None
         d = pipe.defaults
         base = RolloutConfig(height=d.get("height", 96), width=d.get("width", 160),
@@ -74,7 +76,7 @@ def main(argv=None) -> int:
     for i, r in enumerate(res["steps"]):
         print(f"round {i + 1:3d}: + block {r['block']:3d}  set error {r['error']:.3e}")
     if a.write_pipeline:
-        p = Path(a.checkpoint) / PIPELINE_JSON
+        p = Path(pipe_dir) / PIPELINE_JSON
         cfg = json.loads(p.read_text()) if p.exists() else {}
         cfg.update(cache_blocks=sorted(res["blocks"]), cache_error=res["error"], cache_refresh=a.refresh)
         p.write_text(json.dumps(cfg, indent=1))
