@@ -36,7 +36,8 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     source: str = "sandbox"  # sandbox: world clips + stand-in encoder; latents: python -m train.build_latents
-    #                          output (real VAE/umT5 features); synthetic: random latents
+    #                          output (real VAE/umT5/CLIP features); synthetic: random latents. Presets of real
+    #                          models (yume14b-540p) default to latents and refuse to run without --data.path
     path: str | None = None  # sandbox clips (Sekai or Yume layout; None: <workdir>/world) or the latent dataset dir
     layout: str | None = None  # None: detect
     generate: int = 0  # sandbox: render this many world videos into `path` when it holds none
@@ -61,7 +62,7 @@ class ObjectiveConfig:
     mvdt: bool = True  # masked pass + unmasked pass, losses summed (needs sideblock + mask_token)
     mask_low: float = 0.3  # mask ratio r = mask_low + U(0, mask_width)
     mask_width: float = 0.2
-    mask_buckets: int = 16  # kept-token counts are rounded to this many buckets (bounded compiles)
+    mask_buckets: int = 5  # distinct masked-token counts per sequence length (bounded compiles; law-preserving rounding)
     t_mean: float = 0.0  # logit-normal location / scale
     t_std: float = 1.0
     shift: float = 3.0  # t' = shift t / (1 + (shift - 1) t)
@@ -178,7 +179,7 @@ def _tiny_sandbox() -> TrainConfig:
         model=ModelConfig(preset="tiny-yume"),
         data=DataConfig(source="sandbox", generate=4, generate_frames=60, world="tiny", raw_preset="tiny",
                         raw={"history_buckets": (0, 4, 8)}, history_latents=(1, 2), text_len=16, image_tokens=17),
-        objective=ObjectiveConfig(mask_buckets=4),
+        objective=ObjectiveConfig(mask_buckets=1),  # one MVDT shape on CPU: masked count round(0.4 N)
         optim=OptimConfig(lr=2e-3, schedule="cosine", warmup_steps=20, weight_decay=0.0, end_lr_ratio=0.1),
         runtime=RuntimeConfig(dtype="float32", remat="none"),
         checkpoint=CheckpointConfig(every=100))
@@ -191,7 +192,7 @@ def _tiny_synthetic() -> TrainConfig:
         model=ModelConfig(preset="tiny-yume", dit={"num_layers": 3}),
         data=DataConfig(source="synthetic", raw={"chunk_frames": 5, "height": 64, "width": 64}, synthetic_history=2,
                         text_len=8, image_tokens=5),
-        objective=ObjectiveConfig(mask_buckets=4),
+        objective=ObjectiveConfig(mask_buckets=1),  # one MVDT shape on CPU: masked count round(0.4 N)
         optim=OptimConfig(lr=1e-3, warmup_steps=2, schedule="cosine", weight_decay=1e-3),
         runtime=RuntimeConfig(dtype="float32", remat="none"),
         checkpoint=CheckpointConfig(every=2, max_to_keep=3))
@@ -221,11 +222,15 @@ def _wan13b_480p() -> TrainConfig:
 
 def _yume14b_540p() -> TrainConfig:
     """Yume I2V 14B at 544x960, chunk 33 frames (9 latents of 68x120) after compressed history, MVDT, the
-    reference optimiser settings (spec/yume.md "Training objective"); ``--model.init=<converted ckpt>``."""
+    reference optimiser settings (spec/yume.md "Training objective"); ``--model.init=<converted ckpt>``.
+
+    Real encoders by default: the data are a latent dataset (``--data.path``, written by
+    ``python -m train.build_latents`` with the real VAE, umT5 and CLIP); without one the config is refused.
+    ``--data.source=sandbox`` asks for the stand-in encoders on rendered 540p sandbox clips instead."""
     return TrainConfig(
         name="yume14b-540p", steps=10000, batch_size=1, log_every=10,
         model=ModelConfig(preset="yume-i2v-14b"),
-        data=DataConfig(source="sandbox", world="540p", raw_preset="yume",
+        data=DataConfig(source="latents", world="540p", raw_preset="yume",
                         raw={"history_buckets": (16, 32, 64, 128, 256, 512, 1000)},
                         history_latents=(4, 8, 16, 32, 64, 128, 250), generate_frames=401),
         objective=ObjectiveConfig(history="noised", mvdt=True),
@@ -342,7 +347,10 @@ def validate(cfg: TrainConfig) -> None:
     d = cfg.data
     _check(d.source in ("sandbox", "latents", "synthetic"),
            f"--data.source must be sandbox, latents or synthetic, got {d.source!r}")
-    _check(d.source != "latents" or d.path, "--data.source=latents needs --data.path=<latent dataset dir>")
+    _check(d.source != "latents" or d.path,
+           f"--config {cfg.name}: --data.source=latents (real encoders) needs --data.path=<latent dataset dir, "
+           "written by python -m train.build_latents --vae ... --text-encoder ... [--image-encoder ...]>; "
+           "or set --data.source=sandbox to train on stand-in encoders")
     try:
         raw = cfg.raw_config()
     except KeyError:

@@ -1,12 +1,14 @@
-"""``python -m infer.calibrate_cache``: rank DiT blocks for residual caching (spec/yume.md "Distillation and
-caching": the paper caches 10 low-importance blocks; the public code has no selection criterion).
+"""``python -m infer.calibrate_cache``: choose the DiT blocks for residual caching (spec/yume.md "Distillation
+and caching": the paper caches 10 of 40 blocks; the public code has no selection criterion).
 
-For one calibration chunk (from --image, or text-only), each block is cached alone with refresh every
-other step; the relative L2 error of the chunk's latents against the uncached run ranks the blocks.
-The ranking is printed, written as JSON, and with --write-pipeline the best --num blocks become the
-pipeline's default ``cache_blocks``.
+On one calibration chunk (from --image, or text-only) at the refresh interval --refresh, the set is built
+greedily: each round adds the block whose addition increases the measured relative L2 error of the SET's
+chunk latents (against the uncached run) least (sampling/cache.py ``calibrate``). --num defaults to
+round(num_layers / 4). The rounds and the final set's measured error are printed and written as JSON;
+with --write-pipeline the set and its error become pipeline.json's ``cache_blocks`` / ``cache_error``
+(and ``cache_refresh``).
 
-    python -m infer.calibrate_cache --checkpoint DIR --image start.png --steps 14 --num 10 --out ranking.json
+    python -m infer.calibrate_cache --checkpoint DIR --image start.png --steps 14 --out cache.json
 """
 from __future__ import annotations
 
@@ -21,25 +23,29 @@ import numpy as np
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m infer.calibrate_cache", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--checkpoint", required=True, help="pipeline directory, release directory or training workdir")
     ap.add_argument("--image")
     ap.add_argument("--action", default="W")
     ap.add_argument("--steps", type=int, default=14)
     ap.add_argument("--cfg", type=float, default=5.0)
-    ap.add_argument("--num", type=int, default=10, help="blocks to cache (the best-ranked)")
+    ap.add_argument("--num", type=int, default=None, help="blocks to cache (default: round(num_layers / 4))")
+    ap.add_argument("--refresh", type=int, default=2, help="refresh interval the set is chosen for")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="cache_ranking.json")
-    ap.add_argument("--write-pipeline", action="store_true", help="store the best --num blocks in pipeline.json")
+    ap.add_argument("--out", default="cache_blocks.json")
+    ap.add_argument("--write-pipeline", action="store_true",
+                    help="store the chosen blocks and their measured error in pipeline.json")
     a = ap.parse_args(argv)
 
     from infer.explore import UsageError, read_image
+    from yume_jax.convert import pipeline_dirs
     from yume_jax.pipeline import PIPELINE_JSON, load_pipeline
     from yume_jax.rollout import RolloutConfig, Session
     from yume_jax.sampling import cache as blockcache
     from yume_jax.sampling.api import SamplerConfig
 
     try:
-        pipe = load_pipeline(a.checkpoint)
+        pipe_dir = pipeline_dirs.resolve(a.checkpoint)
+        pipe = load_pipeline(pipe_dir)
         image = read_image(a.image) if a.image else None
         d = pipe.defaults
         base = RolloutConfig(height=d.get("height", 96), width=d.get("width", 160),
@@ -60,18 +66,22 @@ def main(argv=None) -> int:
         s.step(a.action)
         return s.history[:, :, -base.chunk_frames:]
 
-    ranking = blockcache.calibrate(run, layers, ref_latents)
-    out = dict(checkpoint=a.checkpoint, steps=a.steps, cfg=a.cfg, action=a.action, ranking=ranking,
-               best=[r["block"] for r in ranking[: a.num]], reference_chunk=reference["chunk"])
+    if a.refresh < 1 or (a.num is not None and not 0 <= a.num <= layers):
+        print(f"error: need --refresh >= 1 and --num in 0..{layers}", file=sys.stderr)
+        return 2
+    res = blockcache.calibrate(run, layers, ref_latents, num=a.num, refresh=a.refresh)
+    out = dict(checkpoint=a.checkpoint, steps=a.steps, cfg=a.cfg, action=a.action, refresh=a.refresh,
+               blocks=res["blocks"], error=res["error"], rounds=res["steps"], reference_chunk=reference["chunk"])
     Path(a.out).write_text(json.dumps(out, indent=1))
-    for r in ranking:
-        print(f"block {r['block']:3d}  error {r['error']:.3e}")
+    for i, r in enumerate(res["steps"]):
+        print(f"round {i + 1:3d}: + block {r['block']:3d}  set error {r['error']:.3e}")
     if a.write_pipeline:
-        p = Path(a.checkpoint) / PIPELINE_JSON
+        p = Path(pipe_dir) / PIPELINE_JSON
         cfg = json.loads(p.read_text()) if p.exists() else {}
-        cfg["cache_blocks"] = out["best"]
+        cfg.update(cache_blocks=sorted(res["blocks"]), cache_error=res["error"], cache_refresh=a.refresh)
         p.write_text(json.dumps(cfg, indent=1))
-    print(f"best {a.num}: {out['best']} -> {a.out}")
+    print(f"cached set ({len(res['blocks'])} of {layers}, refresh {a.refresh}): {sorted(res['blocks'])}, "
+          f"measured error {res['error']:.3e} -> {a.out}")
     return 0
 
 

@@ -40,8 +40,9 @@ def sampling_names() -> tuple[str, ...]:
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="python -m infer.explore", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", help="pipeline directory (dit/, vae/, text_encoder/, [image_encoder/]); "
-                                         "default: the embedded default model")
+    ap.add_argument("--checkpoint", help="pipeline directory (dit/, vae/, text_encoder/, [image_encoder/]), official "
+                                         "release directory or training workdir; default: the embedded default model")
+    ap.add_argument("--encoders", help="pipeline directory whose VAE/encoders to use with a workdir trained on stand-ins")
     ap.add_argument("--image", help="start image (image-to-video)")
     ap.add_argument("--video", help="start video (video-to-video: the video is the history)")
     ap.add_argument("--prompt", default="", help="scene caption appended to the action prompts")
@@ -133,6 +134,7 @@ def run(a) -> int:
     from tqdm import tqdm
 
     from yume_jax import camera
+    from yume_jax.convert import pipeline_dirs
     from yume_jax.pipeline import load_pipeline
     from yume_jax.rollout import Session
 
@@ -148,7 +150,7 @@ def run(a) -> int:
     video = read_video(a.video) if a.video else None
     ckpt = Path(a.checkpoint) if a.checkpoint else default_pipeline_dir()
     try:
-        pipe = load_pipeline(ckpt)
+        pipe = load_pipeline(pipeline_dirs.resolve(ckpt, encoders=a.encoders, progress=True))
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
     if image is None and video is None and pipe.dit.config.image_dim is not None:

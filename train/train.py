@@ -2,7 +2,7 @@
 
     python -m train.train --config tiny-sandbox                      # CPU: renders sandbox clips, trains
     python -m train.train --config tiny-sandbox --optim.lr=1e-3 --mesh.fsdp=2 --workdir=/tmp/run
-    python -m train.train --config yume14b-540p --model.init=ckpt/yume --data.path=/data/sekai
+    python -m train.train --config yume14b-540p --model.init=ckpt/yume --data.path=/data/latents/yume_latents/1.0.0
     python -m train.train --list                                     # named configs
 
 Named configs and every key: :mod:`configs.train`. The resolved config is written to

@@ -65,11 +65,12 @@ class Pipeline:
                 raise ValueError(f"image encoder dim {self.image_encoder.config.dim} != DiT image_dim {c.image_dim}")
 
     def default_cache_blocks(self) -> tuple[int, ...]:
-        """Cached layers when a run names none: pipeline.json's ``cache_blocks``, else the middle half."""
+        """Cached layers when a run names none: pipeline.json's ``cache_blocks``, else the middle
+        round(num_layers / 4) (the paper's 10 of 40; sampling/cache.py ``default_count``)."""
         if "cache_blocks" in self.defaults:
             return tuple(self.defaults["cache_blocks"])
-        n = self.dit.config.num_layers
-        return tuple(range(n // 4, n // 4 + n // 2))
+        n, k = self.dit.config.num_layers, block_cache.default_count(self.dit.config.num_layers)
+        return tuple(range((n - k) // 2, (n - k) // 2 + k))
 
     # -- the model seen by the samplers ------------------------------------------------------------
     def velocity_model(self, chunk_frames: int, cache_refresh: int = 0):

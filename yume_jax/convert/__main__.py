@@ -1,4 +1,6 @@
 """``python -m yume_jax.convert SRC DST``: convert checkpoints between PyTorch and yume_jax.
+``python -m yume_jax.convert --pipeline RELEASE_DIR OUT_DIR``: an official Yume release directory
+(Yume-I2V-540P, Yume-5B-720P) -> a pipeline directory (yume_jax/convert/release.py).
 
 Exit codes: 0 success, 2 bad input (one line on stderr naming the file and key).
 """
@@ -16,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("src", help="checkpoint file or directory (.safetensors, *.index.json dir, diffusers or "
                                 "transformers dir, .pt/.pth/.bin, or a yume_jax checkpoint with --to torch)")
     ap.add_argument("dst", help="output directory")
+    ap.add_argument("--pipeline", action="store_true",
+                    help="SRC is an official Yume release directory; build the pipeline directory DST")
     ap.add_argument("--to", choices=["jax", "torch"], default="jax")
     ap.add_argument("--naming", help="torch-side naming: wan | diffusers (DiT, VAE), wan | transformers "
                                      "(text and image encoders); default: detected / the source's")
@@ -29,6 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     if a.num_heads is not None:
         opts["num_heads"] = a.num_heads
     try:
+        if a.pipeline:
+            from yume_jax.convert.release import build_pipeline
+            if a.to != "jax" or a.naming or a.family:
+                raise ConversionError("--pipeline takes no --to, --naming or --family")
+            out = build_pipeline(a.src, a.dst, dtype=a.dtype, num_heads=a.num_heads, force=a.force,
+                                 progress=not a.no_progress)
+            print(f"wrote {out}")
+            return 0
         out = convert(a.src, a.dst, to=a.to, naming=a.naming, family=a.family, dtype=a.dtype, force=a.force,
                       progress=not a.no_progress, **opts)
     except ConversionError as e:

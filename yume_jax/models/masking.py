@@ -6,10 +6,12 @@ included) is removed; kept tokens keep their original RoPE positions. The first
 removed places get the learnable ``mask_token``, the side block runs on the full sequence and its
 output is used only at the masked places; the remaining blocks run on the full sequence.
 
-Compilation is bounded: the kept-token count is static (it sets shapes), so it is rounded UP to one
-of ``buckets`` evenly spaced counts. For r in [0.3, 0.5] that is at most ~0.2 * buckets + 2
-distinct shapes whatever the random ratios (5 with the default 16 buckets); the realised mask
-ratio is the sampled one rounded down to the bucket, never above it.
+Compilation is bounded and the law is kept: the kept-token count is static (it sets shapes), so the
+masked count r N is rounded to one of ``buckets`` evenly spaced integers between ceil(0.3 N) and
+floor(0.5 N) (:func:`mask_grid`) by randomised rounding between its two neighbours (:func:`keep_count`):
+the upper one with probability proportional to the distance from the lower one. The expectation of
+the applied count is then exactly r N (up to clipping r N into the grid, less than one token), every
+applied ratio lies in [0.3, 0.5], and at most ``buckets`` shapes are ever compiled per sequence length.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-DEFAULT_BUCKETS = 16
+DEFAULT_BUCKETS = 5  # distinct masked-token counts (compiled shapes) per sequence length
 
 
 def sample_ratio(rng: np.random.Generator, low: float = 0.3, width: float = 0.2) -> float:
@@ -27,13 +29,46 @@ def sample_ratio(rng: np.random.Generator, low: float = 0.3, width: float = 0.2)
     return float(low + width * rng.random())
 
 
-def keep_count(num_tokens: int, ratio: float, buckets: int = DEFAULT_BUCKETS) -> int:
-    """Tokens kept for mask ``ratio``, rounded up to a multiple of ceil(num_tokens / buckets)."""
+def mask_grid(num_tokens: int, low: float = 0.3, width: float = 0.2,
+              buckets: int = DEFAULT_BUCKETS) -> np.ndarray:
+    """The masked-token counts that may be applied: up to ``buckets`` distinct, evenly spaced integers from
+    ceil(low N) to floor((low + width) N) (sorted int array). If no integer lies in that range (tiny N),
+    the two integers around it; with ``buckets`` = 1, the count nearest the law's mean."""
+    if buckets < 1:
+        raise ValueError(f"buckets must be >= 1, got {buckets}")
+    if not (0.0 <= low and width >= 0.0 and low + width < 1.0):
+        raise ValueError(f"mask ratio range [{low}, {low + width}] must lie in [0, 1)")
+    a, b = round(low * num_tokens, 9), round((low + width) * num_tokens, 9)
+    lo, hi = math.ceil(a), math.floor(b)
+    if lo > hi:
+        lo, hi = math.floor(a), math.ceil(b)
+    if buckets == 1:
+        return np.asarray([min(max(round((a + b) / 2), lo), hi)], np.int64)
+    return np.unique(np.rint(np.linspace(lo, hi, buckets)).astype(np.int64))
+
+
+def keep_count(num_tokens: int, ratio: float, u: float, low: float = 0.3, width: float = 0.2,
+               buckets: int = DEFAULT_BUCKETS) -> int:
+    """Tokens kept for mask ``ratio``: ratio N (clipped into :func:`mask_grid`) rounded to the upper of its
+    two neighbouring grid counts when ``u`` (uniform in [0, 1)) < (ratio N - lower) / (upper - lower),
+    else to the lower, so that E_u[masked] = ratio N."""
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"mask ratio must be in [0, 1), got {ratio}")
-    step = math.ceil(num_tokens / buckets)
-    keep = num_tokens - math.floor(ratio * num_tokens)
-    return min(num_tokens, math.ceil(keep / step) * step)
+    grid = mask_grid(num_tokens, low, width, buckets)
+    x = min(max(ratio * num_tokens, float(grid[0])), float(grid[-1]))
+    if len(grid) == 1:
+        return num_tokens - int(grid[0])
+    j = min(int(np.searchsorted(grid, x, side="right")) - 1, len(grid) - 2)
+    g0, g1 = int(grid[j]), int(grid[j + 1])
+    masked = g1 if u < (x - g0) / (g1 - g0) else g0
+    return num_tokens - masked
+
+
+def draw_keep(rng: np.random.Generator, num_tokens: int, low: float = 0.3, width: float = 0.2,
+              buckets: int = DEFAULT_BUCKETS) -> int:
+    """One draw of the kept-token count: r = low + U(0, width), then :func:`keep_count` with a second uniform."""
+    ratio = sample_ratio(rng, low, width)
+    return keep_count(num_tokens, ratio, float(rng.random()), low, width, buckets)
 
 
 def split_layer(num_layers: int) -> int:

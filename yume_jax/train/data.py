@@ -13,7 +13,8 @@ Sources:
   whole training path runs on CPU: video -> latents by average pooling (first frame alone, then groups
   of ``stride_t`` frames, ``stride_h`` x ``stride_w`` pixels) and a fixed channel tiling; prompt -> one
   hashed Gaussian vector per word, zero padded (as Wan pads T5 output); image -> pooled-colour tokens
-  of the first frame. The real latent dataset and VAE replace it when they exist.
+  of the first frame. The real latent dataset and VAE replace it when they exist; presets of real models
+  (``yume14b-540p``) refuse the stand-in unless ``--data.source=sandbox`` asks for it (configs/train.py).
 - ``latents``: the latent dataset of :mod:`yume_jax.data.latents` (real VAE latents and umT5 features,
   written by ``python -m train.build_latents``). Models with image cross-attention (Wan/Yume I2V 14B)
   need a dataset built with ``--image-encoder`` (CLIP features of each sample's first frame).

@@ -19,7 +19,8 @@ F - chunk frames are history:
   losses are summed.
 
 The masked token count is a static shape: it is drawn on the host per step (:func:`keep_for_step`,
-a pure function of seed and step) and bucketed by :func:`yume_jax.models.masking.keep_count`.
+a pure function of seed and step) and rounded, law-preserving, to one of a few counts by
+:func:`yume_jax.models.masking.keep_count` (randomised rounding: mean ratio exact, range [0.3, 0.5]).
 """
 from __future__ import annotations
 
@@ -114,6 +115,7 @@ def num_tokens(frames: int, height: int, width: int, chunk: int) -> int:
 def keep_for_step(seed: int, step: int, tokens: int, low: float = 0.3, width: float = 0.2,
                   buckets: int = masking.DEFAULT_BUCKETS) -> int:
     """Kept-token count of the MVDT pass at ``step``: r = low + U(0, width) from a host RNG seeded by
-    (seed, step), rounded to a bucket (identical on every process, reproducible after a restart)."""
+    (seed, step), rounded at random to one of ``buckets`` counts so that the applied ratio keeps the law's
+    mean and range (:func:`masking.draw_keep`); identical on every process, reproducible after a restart."""
     rng = np.random.default_rng([seed, step, 0x4D564454])
-    return masking.keep_count(tokens, masking.sample_ratio(rng, low, width), buckets)
+    return masking.draw_keep(rng, tokens, low, width, buckets)
