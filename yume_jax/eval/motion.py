@@ -42,6 +42,8 @@ class MotionConfig:
     max_corners: int = 800
     corner_quality: float = 0.001
     min_corner_distance: float = 0.006  # fraction of the image width
+    grid_step: float = 0.02  # also track a grid of points this far apart (fraction of the width; 0: corners only)
+    lk_min_eigen: float = 1e-4  # LK drops points whose gradient matrix is weaker (textureless grid points)
     track_from_first: bool = False  # track each frame against the first (else the previous: chained)
     lk_window: int = 11
     lk_levels: int = 4
@@ -125,10 +127,14 @@ def track_paths(frames: Sequence[np.ndarray], cfg: MotionConfig = MotionConfig()
     h, w = grays[0].shape
     p0 = cv2.goodFeaturesToTrack(grays[0], cfg.max_corners, cfg.corner_quality,
                                  max(1.0, cfg.min_corner_distance * w), blockSize=5)
-    if p0 is None:
+    p0 = np.zeros((0, 2), np.float32) if p0 is None else p0.reshape(-1, 2).astype(np.float32)
+    if cfg.grid_step > 0:
+        step = max(2.0, cfg.grid_step * w)
+        gy, gx = np.mgrid[step / 2:h - 1:step, step / 2:w - 1:step]
+        p0 = np.concatenate([p0, np.c_[gx.ravel(), gy.ravel()].astype(np.float32)])
+    if len(p0) == 0:
         return np.zeros((0, len(grays), 2), np.float32)
-    p0 = p0.reshape(-1, 2).astype(np.float32)
-    lk = dict(winSize=(cfg.lk_window, cfg.lk_window), maxLevel=cfg.lk_levels,
+    lk = dict(winSize=(cfg.lk_window, cfg.lk_window), maxLevel=cfg.lk_levels, minEigThreshold=cfg.lk_min_eigen,
               criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
     paths, prev = [p0], grays[0]
     alive = np.arange(len(p0))
