@@ -43,7 +43,7 @@ class MotionConfig:
     corner_quality: float = 0.001
     min_corner_distance: float = 0.006  # fraction of the image width
     grid_step: float = 0.02  # also track a grid of points this far apart (fraction of the width; 0: corners only)
-    lk_min_eigen: float = 1e-4  # LK drops points whose gradient matrix is weaker (textureless grid points)
+    lk_min_eigen: float = 1e-5  # LK drops points whose gradient matrix is weaker (textureless grid points)
     track_from_first: bool = False  # track each frame against the first (else the previous: chained)
     lk_window: int = 11
     lk_levels: int = 4
@@ -56,11 +56,6 @@ class MotionConfig:
     translation_threshold: float = math.sin(math.radians(22.5))  # on the unit translation direction
     rotation_threshold_deg: float = 2.5  # over the estimated interval (one chunk: nominal tilt 5, turn 15)
     essential_method: str = "magsac"  # robust estimator of the essential matrix: magsac (USAC) | ransac
-    bundle: bool = True  # translating: refine each start (rotation, ground plane, essential) over all frames
-    ground_plane: bool = True  # translating: R, t from the homography of the ground plane when it is found
-    ground_max_tilt_deg: float = 40.0  # the plane's normal within this angle of the camera's down axis (+y)
-    ground_min_inliers: int = 10  # homography inliers below the image centre needed to accept the plane
-    ground_min_inlier_ratio: float = 0.3  # ... and this fraction of the tracks below the image centre
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,125 +185,17 @@ def estimate(frames: Sequence[np.ndarray], K: np.ndarray, cfg: MotionConfig = Mo
         if inl < cfg.min_inlier_ratio * n:
             return _invalid(f"rotation model: {inl}/{n} inliers", n, inl, parallax)
         return Motion(True, R_h.T, np.zeros(3), False, parallax, n, inl)
-    starts = {"rotation": (R_h, _translation_given_rotation(np.c_[xa, np.ones(n)], np.c_[xb, np.ones(n)], R_h))}
-    if cfg.ground_plane:
-        g = _ground(xa, xb, thr, cfg)
-        if g is not None:
-            starts["ground plane"] = g[:2]
     E, emask = cv2.findEssentialMat(xa, xb, np.eye(3), _METHODS[cfg.essential_method], 0.999, thr, maxIters=5000)
-    if E is not None and E.shape[0] >= 3:  # OpenCV may stack several solutions: the first
-        _, R_e, t_e, _ = cv2.recoverPose(E[:3], xa, xb, np.eye(3), mask=emask.copy())
-        starts["essential"] = (R_e, t_e.ravel())
-    x = np.concatenate([paths, np.ones(paths.shape[:2] + (1,), paths.dtype)], 2).astype(np.float64) @ Kinv.T
-    best = None
-    if not cfg.bundle:  # the essential matrix alone (the ground plane's when found), no refinement
-        starts = {k: starts[k] for k in ("ground plane", "essential", "rotation") if k in starts}
-        starts = dict([next(iter(starts.items()))])
-    for name, (R0, t0) in starts.items():
-        if cfg.bundle:
-            R, t, cost, r = _bundle(x, R0, t0, thr)
-            inl = int(np.sum(np.all(r < 3 * thr, axis=1)))
-        else:
-            R, t, cost, inl = R0, t0, 0.0, n
-        if best is None or cost < best[2]:
-            best = (R, t, cost, inl, name)
-    R, t, _, inl, name = best
+    if E is None or E.shape[0] < 3:
+        return _invalid("essential matrix failed", n, 0, parallax)
+    # OpenCV may stack several solutions (3k x 3): the first
+    _, R, t, _ = cv2.recoverPose(E[:3], xa, xb, np.eye(3), mask=emask.copy())
+    inl = int(emask.sum())  # epipolar inliers (recoverPose's count also drops distant points: cheirality)
     if inl < cfg.min_inlier_ratio * n:
-        return _invalid(f"{name} model: {inl}/{n} inliers", n, inl, parallax)
-    # X_last = R X_first + t. The pose of the last camera in the first camera's frame: R^T, centre -R^T t.
+        return _invalid(f"essential model: {inl}/{n} inliers", n, inl, parallax)
+    # recoverPose: X_b = R X_a + t. The pose of camera b in camera a's frame: R^T, centre -R^T t.
     t = -R.T @ t.ravel()
-    return Motion(True, R.T, t / max(np.linalg.norm(t), 1e-12), True, parallax, n, inl, name)
-
-
-def _translation_given_rotation(xa: np.ndarray, xb: np.ndarray, R: np.ndarray, keep: float = 0.7) -> np.ndarray:
-    """Unit t of X_b = R X_a + t from the epipolar constraint t . (R x_a x x_b) = 0 (linear, trimmed to the
-    best-fitting ``keep`` fraction twice), sign chosen so that most points lie in front of both cameras."""
-    C = np.cross(xa @ R.T, xb)
-    C = C / np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)
-    use = np.ones(len(C), bool)
-    for _ in range(3):
-        t = np.linalg.svd(C[use])[2][-1]
-        r = np.abs(C @ t)
-        use = r <= np.quantile(r, keep)
-    rho = _inverse_depths(xa, xb, R, t)
-    return t if np.sum(rho > 0) >= np.sum(rho < 0) else -t
-
-
-def _inverse_depths(xa: np.ndarray, xb: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Per point, the inverse depth rho (in frame a, units of |t|) that best aligns R x_a + rho t with x_b."""
-    u, v = np.cross(xa @ R.T, xb), np.cross(t, xb)
-    return -np.sum(u * v, axis=1) / np.maximum(np.sum(v * v, axis=1), 1e-12)
-
-
-def _poses(params: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Constant-twist camera path: step k maps frame-0 points to frame k by X_k = R_k X_0 + t_k with
-    R_k = R_s^k, t_k = R_s t_(k-1) + t_s; returns (steps + 1, 3, 3) and (steps + 1, 3)."""
-    Rs = Rotation.from_rotvec(params[:3]).as_matrix()
-    Rk, tk = [np.eye(3)], [np.zeros(3)]
-    for _ in range(steps):
-        Rk.append(Rs @ Rk[-1])
-        tk.append(Rs @ tk[-1] + params[3:6])
-    return np.stack(Rk), np.stack(tk)
-
-
-def _bundle(x: np.ndarray, R0: np.ndarray, t0: np.ndarray, thr: float):
-    """Least-squares (robust) fit of a constant-twist path and per-track inverse depths to tracks ``x``
-    (N, F, 3; normalised homogeneous coordinates in F equally spaced frames), from first-to-last motion
-    (R0, t0: X_last = R0 X_first + t0). Returns (R, t, cost, residual norms (N, F-1)) of first -> last."""
-    from scipy.optimize import least_squares
-    from scipy.sparse import lil_matrix
-
-    n, F = x.shape[:2]
-    steps = F - 1
-    t0 = t0 / max(np.linalg.norm(t0), 1e-12)
-    rho0 = np.clip(_inverse_depths(x[:, 0], x[:, -1], R0, t0), 0.0, 10.0)
-    p0 = np.r_[Rotation.from_matrix(R0).as_rotvec() / steps, t0 / steps, rho0]
-    obs = x[:, 1:, :2]
-
-    def fun(p):
-        Rk, tk = _poses(p[:6], steps)
-        X = np.einsum("kij,nj->nki", Rk[1:], x[:, 0]) + p[6:, None, None] * tk[None, 1:]
-        proj = X[..., :2] / np.where(np.abs(X[..., 2:]) > 1e-6, X[..., 2:], 1e-6)
-        gauge = np.linalg.norm(p[3:6]) * steps - 1.0
-        return np.r_[(proj - obs).ravel(), math.sqrt(n) * gauge]
-
-    sp = lil_matrix((2 * n * steps + 1, 6 + n), dtype=int)
-    sp[:, :6] = 1
-    for i in range(n):
-        sp[2 * steps * i: 2 * steps * (i + 1), 6 + i] = 1
-    lo = np.r_[np.full(6, -np.inf), np.zeros(n)]
-    hi = np.r_[np.full(6, np.inf), np.full(n, np.inf)]
-    res = least_squares(fun, np.clip(p0, lo, hi), jac_sparsity=sp, bounds=(lo, hi), loss="soft_l1",
-                        f_scale=thr, x_scale="jac", max_nfev=60, method="trf")
-    Rk, tk = _poses(res.x[:6], steps)
-    r = np.linalg.norm(res.fun[:-1].reshape(n, steps, 2), axis=2)
-    return Rk[-1], tk[-1], float(res.cost), r
-
-
-def _ground(xa: np.ndarray, xb: np.ndarray, thr: float, cfg: MotionConfig):
-    """R, t (X_b = R X_a + t, t in units of the plane's distance) and the inlier count of the ground plane's
-    homography fitted to the tracks below the image centre, or None when no plane with a normal near the
-    camera's down axis explains enough of them."""
-    sel = xa[:, 1] > 0
-    m = int(sel.sum())
-    if m < cfg.ground_min_inliers:
-        return None
-    ga, gb = xa[sel], xb[sel]
-    H, mask = cv2.findHomography(ga, gb, cv2.RANSAC, thr, maxIters=2000, confidence=0.999)
-    if H is None:
-        return None
-    inl = int(mask.sum())
-    if inl < max(cfg.ground_min_inliers, cfg.ground_min_inlier_ratio * m):
-        return None
-    _, Rs, ts, ns = cv2.decomposeHomographyMat(H, np.eye(3))
-    ok = cv2.filterHomographyDecompByVisibleRefpoints(Rs, ns, ga.reshape(-1, 1, 2).astype(np.float32),
-                                                      gb.reshape(-1, 1, 2).astype(np.float32),
-                                                      pointsMask=mask.astype(np.uint8))
-    cand = range(len(Rs)) if ok is None else [int(i) for i in np.ravel(ok)]
-    best = max(cand, key=lambda i: float(ns[i][1, 0]), default=None)
-    if best is None or float(ns[best][1, 0]) < math.cos(math.radians(cfg.ground_max_tilt_deg)):
-        return None
-    return Rs[best], ts[best].ravel(), inl
+    return Motion(True, R.T, t / max(np.linalg.norm(t), 1e-12), True, parallax, n, inl)
 
 
 def label(motion: Motion, cfg: MotionConfig = MotionConfig()) -> Action | None:
