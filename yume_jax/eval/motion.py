@@ -2,10 +2,15 @@
 by classical two-view geometry (OpenCV), labelled with Algorithm 1 (spec/yume.md "Camera-motion
 quantization (QCM), Algorithm 1").
 
-Method (:func:`estimate`): Shi-Tomasi corners of the first frame are tracked frame to frame with
-pyramidal Lucas-Kanade (each step forward-backward checked, so occlusions, sky and noise drop out); the
-surviving tracks give correspondences between the first and the last frame in normalised camera
-coordinates (the pipeline's nominal pinhole intrinsics). Two models are fitted with RANSAC:
+Method (:func:`estimate`): Shi-Tomasi corners of the first frame and a regular grid of points (every
+``grid_step`` of the width) are tracked frame to frame with pyramidal Lucas-Kanade with a small window
+(each step forward-backward checked, and points whose gradient matrix is too weak dropped, so occlusions,
+sky, flat surfaces and noise drop out); the surviving tracks give correspondences between the first and
+the last frame in normalised camera coordinates (the pipeline's nominal pinhole intrinsics). The grid is
+what makes moving cameras work: scenes of flat-shaded surfaces (and low-resolution video) have few
+corners, and most of those lie on silhouettes, which do not move like 3D points; the faint texture of the
+ground and of walls, near the camera, carries the parallax that separates sideways motion from turning
+(measured in BENCHMARKS.md "Camera-motion estimator on ground truth"). Two models are fitted with RANSAC:
 
 - rotation only: a homography (for a purely rotating camera it is R), whose RANSAC inliers give R by
   least squares on the bearing vectors (Kabsch, ``scipy.spatial.transform.Rotation.align_vectors``);
