@@ -44,6 +44,7 @@ from yume_jax.camera import Action, quantize
 
 @dataclasses.dataclass(frozen=True)
 class MotionConfig:
+    max_width: int = 480  # wider frames are first downscaled (area) to this width, K with them (0: never)
     max_corners: int = 800
     corner_quality: float = 0.001
     min_corner_distance: float = 0.006  # fraction of the image width
@@ -106,6 +107,19 @@ def _gray(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
 
 
+def _downscale(frames: Sequence[np.ndarray], K: np.ndarray, max_width: int):
+    """Frames wider than ``max_width`` resized (area averaging) to that width, and K for them."""
+    h, w = np.asarray(frames[0]).shape[:2]
+    if not max_width or w <= max_width:
+        return frames, K
+    s = max_width / w
+    size = (max_width, max(2, round(h * s)))
+    S = np.array([[size[0] / w, 0, 0], [0, size[1] / h, 0], [0, 0, 1.0]])
+    # pixel centres at integer coordinates: x' = (x + 0.5) s - 0.5
+    S[0, 2], S[1, 2] = (S[0, 0] - 1) / 2, (S[1, 1] - 1) / 2
+    return [cv2.resize(np.asarray(f), size, interpolation=cv2.INTER_AREA) for f in frames], S @ K
+
+
 def _px(frac: float, width: int) -> float:
     """A tolerance given as a fraction of the width, at least 0.75 pixel."""
     return max(0.75, frac * width)
@@ -163,6 +177,7 @@ def estimate(frames: Sequence[np.ndarray], K: np.ndarray, cfg: MotionConfig = Mo
     """The camera motion from ``frames[0]`` to ``frames[-1]`` (uint8 (H, W, 3) frames, any number >= 2;
     intermediate frames make tracking robust to large motion) seen with pinhole intrinsics ``K``."""
     K = np.asarray(K, np.float64)
+    frames, K = _downscale(frames, K, cfg.max_width)
     w = np.asarray(frames[0]).shape[1]
     paths = track_paths(frames, cfg)
     a, b = paths[:, 0], paths[:, -1]
