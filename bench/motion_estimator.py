@@ -7,6 +7,9 @@ with the true QCM label of the chunk (keys and mouse separately); the rotation e
 to the true relative rotation. Renders are cached (``--cache``), so re-running with other estimator
 settings costs only the estimation.
 
+Run from the repository root with ``PYTHONPATH=$PWD`` (``sys.path[0]`` is bench/, so an editable install of
+another checkout would be imported otherwise)::
+
     python bench/motion_estimator.py --preset default --seeds 4 --frames all
     python bench/motion_estimator.py --preset 540p --seeds 4 --frames all --backend jax --workers 16
 

@@ -6,7 +6,8 @@ Method (:func:`estimate`): Shi-Tomasi corners of the first frame and a regular g
 ``grid_step`` of the width) are tracked frame to frame with pyramidal Lucas-Kanade with a small window
 (each step forward-backward checked, and points whose gradient matrix is too weak dropped, so occlusions,
 sky, flat surfaces and noise drop out); the surviving tracks give correspondences between the first and
-the last frame in normalised camera coordinates (the pipeline's nominal pinhole intrinsics). The grid is
+the last frame in normalised camera coordinates (the pipeline's nominal pinhole intrinsics; frames wider
+than ``max_width`` are tracked on an area-downscaled copy, with K scaled to it). The grid is
 what makes moving cameras work: scenes of flat-shaded surfaces (and low-resolution video) have few
 corners, and most of those lie on silhouettes, which do not move like 3D points; the faint texture of the
 ground and of walls, near the camera, carries the parallax that separates sideways motion from turning
