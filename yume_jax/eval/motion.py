@@ -127,15 +127,15 @@ def _px(frac: float, width: int) -> float:
 
 
 def track(frames: Sequence[np.ndarray], cfg: MotionConfig = MotionConfig()) -> tuple[np.ndarray, np.ndarray]:
-    """Corners of ``frames[0]`` tracked through every frame to ``frames[-1]``: pixel positions (N, 2) in the
-    first and last frame of the tracks that passed every forward-backward check."""
+    """Corners and grid points of ``frames[0]`` tracked through every frame to ``frames[-1]``: pixel positions
+    (N, 2) in the first and last frame of the tracks that passed every check (:func:`track_paths`)."""
     paths = track_paths(frames, cfg)
     return paths[:, 0], paths[:, -1]
 
 
 def track_paths(frames: Sequence[np.ndarray], cfg: MotionConfig = MotionConfig()) -> np.ndarray:
-    """Pixel positions (N, len(frames), 2) in every frame of the corners of ``frames[0]`` that passed every
-    forward-backward check."""
+    """Pixel positions (N, len(frames), 2) in every frame of the corners and grid points of ``frames[0]`` that
+    passed every step's checks (LK status and minimum eigenvalue, forward-backward error, inside the frame)."""
     if len(frames) < 2:
         raise ValueError("need at least two frames")
     grays = [_gray(f) for f in frames]
@@ -167,9 +167,9 @@ def track_paths(frames: Sequence[np.ndarray], cfg: MotionConfig = MotionConfig()
         nxt, back = nxt.reshape(-1, 2), back.reshape(-1, 2)
         ok = (st.ravel() == 1) & (st2.ravel() == 1) & (np.linalg.norm(back - src, axis=1) < _px(cfg.fb_error, w))
         ok &= (nxt[:, 0] >= 0) & (nxt[:, 0] <= w - 1) & (nxt[:, 1] >= 0) & (nxt[:, 1] <= h - 1)
-        step = paths[-1].copy()
-        step[alive] = nxt
-        paths.append(step)
+        pos = paths[-1].copy()
+        pos[alive] = nxt
+        paths.append(pos)
         alive, prev = alive[ok], b
     return np.stack(paths, 1)[alive]
 
