@@ -7,8 +7,15 @@ with the true QCM label of the chunk (keys and mouse separately); the rotation e
 to the true relative rotation. Renders are cached (``--cache``), so re-running with other estimator
 settings costs only the estimation.
 
+Run from the repository root with ``PYTHONPATH=$PWD`` (``sys.path[0]`` is bench/, so an editable install of
+another checkout would be imported otherwise)::
+
     python bench/motion_estimator.py --preset default --seeds 4 --frames all
-    python bench/motion_estimator.py --preset 540p --seeds 2 --frames 3 --workers 2
+    python bench/motion_estimator.py --preset 540p --seeds 4 --frames all --backend jax --workers 16
+
+``--backend jax`` renders with the jit-compiled :mod:`yume_jax.data.world_jax` in this process (on a GPU:
+seconds instead of hours at 544x960; the same frames up to float rounding); ``--workers`` processes render
+(numpy backend) and estimate.
 
 Writes bench/results/motion_<preset>_<frames>.json and prints the BENCHMARKS.md table row.
 """
@@ -40,18 +47,44 @@ def frame_indices(pairs: int, which: str) -> list[int]:
     raise ValueError(f"--frames must be all, 3 or 2, not {which!r}")
 
 
+def _cache_path(job) -> Path | None:
+    preset, seed, index, pairs, which, cache, _ = job
+    return Path(cache) / f"{preset}_{pairs}_{which}_{seed}_{index}.npz" if cache else None
+
+
 def _render(job):
-    preset, seed, index, pairs, which, cache = job
-    path = Path(cache) / f"{preset}_{pairs}_{which}_{seed}_{index}.npz" if cache else None
+    preset, seed, index, pairs, which, cache, backend = job
+    path = _cache_path(job)
     if path is not None and path.exists():
         z = np.load(path)
         return z["frames"], z["c2w"], z["K"]
-    a = ALL_ACTIONS[index]
-    frames, c2w, K = world.render_walk([VALIDATION_TAG, seed, index], [world.Step(a, pairs)], world.PRESETS[preset],
-                                       frame_indices(pairs, which))
+    a, cfg, idx = ALL_ACTIONS[index], world.PRESETS[preset], frame_indices(pairs, which)
+    if backend == "jax":
+        from yume_jax.data import world_jax
+        script = [world.Step(a, pairs)]
+        _, _, c2w, scene = world.plan_clip([VALIDATION_TAG, seed, index], pairs + 1, cfg, script)
+        frames, K = world_jax.render_frames(scene, c2w[idx], cfg), cfg.intrinsics()
+    else:
+        frames, c2w, K = world.render_walk([VALIDATION_TAG, seed, index], [world.Step(a, pairs)], cfg, idx)
     if path is not None:
         np.savez_compressed(path, frames=frames, c2w=c2w, K=K)
     return frames, c2w, K
+
+
+def _estimate(job):
+    index, seed, (frames, c2w, K), cfg = job
+    true = ALL_ACTIONS[index]
+    assert set(quantize(c2w)) == {true}  # every frame pair's QCM label is the scripted action
+    m = M.estimate(frames, K, cfg)
+    lab = M.label(m, cfg)
+    R, t = M.relative_pose(c2w[0], c2w[-1])
+    return dict(seed=seed, action=str(true), estimated=str(lab) if lab else None, valid=m.valid,
+                keys_ok=lab is not None and lab.keys == true.keys,
+                mouse_ok=lab is not None and lab.mouse == true.mouse,
+                rotation_error_deg=M.rotation_error_deg(m.R, R) if m.valid else None,
+                translation_dir_error_deg=M.translation_error_deg(m.t, t) if m.valid else None,
+                translating=m.translating, parallax=m.parallax, tracks=m.tracks, inliers=m.inliers,
+                model=m.reason)
 
 
 def main(argv=None):
@@ -60,7 +93,8 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--pairs", type=int, default=8, help="frame pairs per chunk (8: 2 latent frames)")
     ap.add_argument("--frames", default="all", choices=["all", "3", "2"], help="frames the estimator sees")
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2, help="processes for rendering (numpy) and estimation")
+    ap.add_argument("--backend", default="numpy", choices=list(world.BACKENDS), help="renderer (jax: in this process)")
     ap.add_argument("--cache", default="/tmp/yume_motion_cache", help="render cache directory ('' : none)")
     ap.add_argument("--config", default="{}", help="MotionConfig overrides as JSON")
     ap.add_argument("--out", default=None)
@@ -68,26 +102,24 @@ def main(argv=None):
     cfg = M.MotionConfig(**json.loads(a.config))
     if a.cache:
         Path(a.cache).mkdir(parents=True, exist_ok=True)
-    jobs = [(a.preset, s, i, a.pairs, a.frames, a.cache) for s in range(a.seeds) for i in range(len(ALL_ACTIONS))]
+    jobs = [(a.preset, s, i, a.pairs, a.frames, a.cache, a.backend)
+            for s in range(a.seeds) for i in range(len(ALL_ACTIONS))]
     t0 = time.perf_counter()
     from tqdm import tqdm
-    with mp.get_context("spawn").Pool(a.workers) as pool:
-        renders = list(tqdm(pool.imap(_render, jobs), total=len(jobs), desc=f"render {a.preset}"))
+    cached = all(p is not None and p.exists() for p in map(_cache_path, jobs))
+    if a.backend == "jax" or a.workers <= 1 or cached:  # jax: one process owns the device
+        renders = [_render(j) for j in tqdm(jobs, desc=f"render {a.preset} ({a.backend})")]
+    else:
+        with mp.get_context("spawn").Pool(a.workers) as pool:
+            renders = list(tqdm(pool.imap(_render, jobs), total=len(jobs), desc=f"render {a.preset}"))
     t_render = time.perf_counter() - t0
     t1 = time.perf_counter()
-    rows = []
-    for (preset, seed, index, *_), (frames, c2w, K) in zip(jobs, renders):
-        true = ALL_ACTIONS[index]
-        assert set(quantize(c2w)) == {true}  # every frame pair's QCM label is the scripted action
-        m = M.estimate(frames, K, cfg)
-        lab = M.label(m, cfg)
-        R, t = M.relative_pose(c2w[0], c2w[-1])
-        rows.append(dict(seed=seed, action=str(true), estimated=str(lab) if lab else None, valid=m.valid,
-                         keys_ok=lab is not None and lab.keys == true.keys,
-                         mouse_ok=lab is not None and lab.mouse == true.mouse,
-                         rotation_error_deg=M.rotation_error_deg(m.R, R) if m.valid else None,
-                         translation_dir_error_deg=M.translation_error_deg(m.t, t) if m.valid else None,
-                         translating=m.translating, parallax=m.parallax, tracks=m.tracks, inliers=m.inliers))
+    est_jobs = [(index, seed, r, cfg) for (_, seed, index, *_), r in zip(jobs, renders)]
+    if a.workers <= 1:
+        rows = [_estimate(j) for j in tqdm(est_jobs, desc="estimate")]
+    else:
+        with mp.get_context("spawn").Pool(a.workers) as pool:
+            rows = list(tqdm(pool.imap(_estimate, est_jobs, chunksize=4), total=len(est_jobs), desc="estimate"))
     t_est = time.perf_counter() - t1
     n = len(rows)
     rot = [r["rotation_error_deg"] for r in rows if r["rotation_error_deg"] is not None]
@@ -99,7 +131,7 @@ def main(argv=None):
         rotation_error_median_deg=float(np.median(rot)) if rot else None,
         rotation_error_p90_deg=float(np.percentile(rot, 90)) if rot else None,
         seconds_render=round(t_render, 1), seconds_estimate=round(t_est, 1),
-        seconds_per_estimate=round(t_est / n, 4))
+        seconds_per_estimate=round(t_est / n, 4), workers=a.workers, backend=a.backend)
     by = {}
     for k in KEYS:
         sel = [r for r in rows if Action(*r["action"].split(" ")).keys == k]

@@ -2,10 +2,16 @@
 by classical two-view geometry (OpenCV), labelled with Algorithm 1 (spec/yume.md "Camera-motion
 quantization (QCM), Algorithm 1").
 
-Method (:func:`estimate`): Shi-Tomasi corners of the first frame are tracked frame to frame with
-pyramidal Lucas-Kanade (each step forward-backward checked, so occlusions, sky and noise drop out); the
-surviving tracks give correspondences between the first and the last frame in normalised camera
-coordinates (the pipeline's nominal pinhole intrinsics). Two models are fitted with RANSAC:
+Method (:func:`estimate`): Shi-Tomasi corners of the first frame and a regular grid of points (every
+``grid_step`` of the width) are tracked frame to frame with pyramidal Lucas-Kanade with a small window
+(each step forward-backward checked, and points whose gradient matrix is too weak dropped, so occlusions,
+sky, flat surfaces and noise drop out); the surviving tracks give correspondences between the first and
+the last frame in normalised camera coordinates (the pipeline's nominal pinhole intrinsics; frames wider
+than ``max_width`` are tracked on an area-downscaled copy, with K scaled to it). The grid is
+what makes moving cameras work: scenes of flat-shaded surfaces (and low-resolution video) have few
+corners, and most of those lie on silhouettes, which do not move like 3D points; the faint texture of the
+ground and of walls, near the camera, carries the parallax that separates sideways motion from turning
+(measured in BENCHMARKS.md "Camera-motion estimator on ground truth"). Two models are fitted with RANSAC:
 
 - rotation only: a homography (for a purely rotating camera it is R), whose RANSAC inliers give R by
   least squares on the bearing vectors (Kabsch, ``scipy.spatial.transform.Rotation.align_vectors``);
@@ -39,11 +45,14 @@ from yume_jax.camera import Action, quantize
 
 @dataclasses.dataclass(frozen=True)
 class MotionConfig:
+    max_width: int = 480  # wider frames are first downscaled (area) to this width, K with them (0: never)
     max_corners: int = 800
-    corner_quality: float = 0.003
-    min_corner_distance: float = 0.012  # fraction of the image width
+    corner_quality: float = 0.001
+    min_corner_distance: float = 0.006  # fraction of the image width
+    grid_step: float = 0.02  # also track a grid of points this far apart (fraction of the width; 0: corners only)
+    lk_min_eigen: float = 1e-5  # LK drops points whose gradient matrix is weaker (textureless grid points)
     track_from_first: bool = False  # track each frame against the first (else the previous: chained)
-    lk_window: int = 21
+    lk_window: int = 11
     lk_levels: int = 4
     fb_error: float = 0.002  # forward-backward tracking error allowed, fraction of the width (>= 0.75 px)
     ransac_threshold: float = 0.0015  # RANSAC reprojection threshold, fraction of the width (>= 0.75 px)
@@ -99,31 +108,58 @@ def _gray(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
 
 
+def _downscale(frames: Sequence[np.ndarray], K: np.ndarray, max_width: int):
+    """Frames wider than ``max_width`` resized (area averaging) to that width, and K for them."""
+    h, w = np.asarray(frames[0]).shape[:2]
+    if not max_width or w <= max_width:
+        return frames, K
+    s = max_width / w
+    size = (max_width, max(2, round(h * s)))
+    S = np.array([[size[0] / w, 0, 0], [0, size[1] / h, 0], [0, 0, 1.0]])
+    # pixel centres at integer coordinates: x' = (x + 0.5) s - 0.5
+    S[0, 2], S[1, 2] = (S[0, 0] - 1) / 2, (S[1, 1] - 1) / 2
+    return [cv2.resize(np.asarray(f), size, interpolation=cv2.INTER_AREA) for f in frames], S @ K
+
+
 def _px(frac: float, width: int) -> float:
     """A tolerance given as a fraction of the width, at least 0.75 pixel."""
     return max(0.75, frac * width)
 
 
 def track(frames: Sequence[np.ndarray], cfg: MotionConfig = MotionConfig()) -> tuple[np.ndarray, np.ndarray]:
-    """Corners of ``frames[0]`` tracked through every frame to ``frames[-1]``: pixel positions (N, 2) in the
-    first and last frame of the tracks that passed every forward-backward check."""
+    """Corners and grid points of ``frames[0]`` tracked through every frame to ``frames[-1]``: pixel positions
+    (N, 2) in the first and last frame of the tracks that passed every check (:func:`track_paths`)."""
+    paths = track_paths(frames, cfg)
+    return paths[:, 0], paths[:, -1]
+
+
+def track_paths(frames: Sequence[np.ndarray], cfg: MotionConfig = MotionConfig()) -> np.ndarray:
+    """Pixel positions (N, len(frames), 2) in every frame of the corners and grid points of ``frames[0]`` that
+    passed every step's checks (LK status and minimum eigenvalue, forward-backward error, inside the frame)."""
     if len(frames) < 2:
         raise ValueError("need at least two frames")
     grays = [_gray(f) for f in frames]
     h, w = grays[0].shape
     p0 = cv2.goodFeaturesToTrack(grays[0], cfg.max_corners, cfg.corner_quality,
                                  max(1.0, cfg.min_corner_distance * w), blockSize=5)
-    if p0 is None:
-        return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
-    p0 = p0.reshape(-1, 2).astype(np.float32)
-    lk = dict(winSize=(cfg.lk_window, cfg.lk_window), maxLevel=cfg.lk_levels,
+    p0 = np.zeros((0, 2), np.float32) if p0 is None else p0.reshape(-1, 2).astype(np.float32)
+    if cfg.grid_step > 0:
+        step = max(2.0, cfg.grid_step * w)
+        gy, gx = np.mgrid[step / 2:h - 1:step, step / 2:w - 1:step]
+        p0 = np.concatenate([p0, np.c_[gx.ravel(), gy.ravel()].astype(np.float32)])
+    if len(p0) == 0:
+        return np.zeros((0, len(grays), 2), np.float32)
+    lk = dict(winSize=(cfg.lk_window, cfg.lk_window), maxLevel=cfg.lk_levels, minEigThreshold=cfg.lk_min_eigen,
               criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
-    start, cur, prev = p0, p0, grays[0]
+    paths, prev = [p0], grays[0]
+    alive = np.arange(len(p0))
     ref = grays[0] if cfg.track_from_first else None
     for b in grays[1:]:  # against the first frame (no drift) or the previous one (chained)
+        cur = paths[-1][alive]
         if len(cur) == 0:
-            break
-        a, src = (ref, start) if ref is not None else (prev, cur)
+            paths.append(paths[-1])
+            continue
+        a, src = (ref, p0[alive]) if ref is not None else (prev, cur)
         nxt, st, _ = cv2.calcOpticalFlowPyrLK(a, b, src.reshape(-1, 1, 2), cur.reshape(-1, 1, 2).copy(),
                                               flags=cv2.OPTFLOW_USE_INITIAL_FLOW, **lk)
         back, st2, _ = cv2.calcOpticalFlowPyrLK(b, a, nxt, src.reshape(-1, 1, 2).copy(),
@@ -131,16 +167,21 @@ def track(frames: Sequence[np.ndarray], cfg: MotionConfig = MotionConfig()) -> t
         nxt, back = nxt.reshape(-1, 2), back.reshape(-1, 2)
         ok = (st.ravel() == 1) & (st2.ravel() == 1) & (np.linalg.norm(back - src, axis=1) < _px(cfg.fb_error, w))
         ok &= (nxt[:, 0] >= 0) & (nxt[:, 0] <= w - 1) & (nxt[:, 1] >= 0) & (nxt[:, 1] <= h - 1)
-        start, cur, prev = start[ok], nxt[ok], b
-    return start, cur
+        pos = paths[-1].copy()
+        pos[alive] = nxt
+        paths.append(pos)
+        alive, prev = alive[ok], b
+    return np.stack(paths, 1)[alive]
 
 
 def estimate(frames: Sequence[np.ndarray], K: np.ndarray, cfg: MotionConfig = MotionConfig()) -> Motion:
     """The camera motion from ``frames[0]`` to ``frames[-1]`` (uint8 (H, W, 3) frames, any number >= 2;
     intermediate frames make tracking robust to large motion) seen with pinhole intrinsics ``K``."""
     K = np.asarray(K, np.float64)
+    frames, K = _downscale(frames, K, cfg.max_width)
     w = np.asarray(frames[0]).shape[1]
-    a, b = track(frames, cfg)
+    paths = track_paths(frames, cfg)
+    a, b = paths[:, 0], paths[:, -1]
     n = len(a)
     if n < cfg.min_tracks:
         return _invalid(f"{n} tracks < {cfg.min_tracks}", n)
@@ -166,12 +207,11 @@ def estimate(frames: Sequence[np.ndarray], K: np.ndarray, cfg: MotionConfig = Mo
             return _invalid(f"rotation model: {inl}/{n} inliers", n, inl, parallax)
         return Motion(True, R_h.T, np.zeros(3), False, parallax, n, inl)
     E, emask = cv2.findEssentialMat(xa, xb, np.eye(3), _METHODS[cfg.essential_method], 0.999, thr, maxIters=5000)
-    if E is None or E.shape != (3, 3):  # OpenCV may stack several solutions; none or several: unusable
-        E = None if E is None else E[:3]
-    if E is None:
+    if E is None or E.shape[0] < 3:
         return _invalid("essential matrix failed", n, 0, parallax)
-    inl, R, t, _ = cv2.recoverPose(E, xa, xb, np.eye(3), mask=emask.copy())
-    inl = int(inl)
+    # OpenCV may stack several solutions (3k x 3): the first
+    _, R, t, _ = cv2.recoverPose(E[:3], xa, xb, np.eye(3), mask=emask.copy())
+    inl = int(emask.sum())  # epipolar inliers (recoverPose's count also drops distant points: cheirality)
     if inl < cfg.min_inlier_ratio * n:
         return _invalid(f"essential model: {inl}/{n} inliers", n, inl, parallax)
     # recoverPose: X_b = R X_a + t. The pose of camera b in camera a's frame: R^T, centre -R^T t.
