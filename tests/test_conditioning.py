@@ -62,3 +62,14 @@ def test_chunk_shaped_continuation_equals_full_shaped():
     a = np.asarray(history_channels(X0[:, :, :2], 3, continuation=gray))
     np.testing.assert_array_equal(a, np.asarray(history_channels(X0[:, :, :2], 3, continuation=full)))
     np.testing.assert_array_equal(a[:, MASK_CHANNELS:, 2:], np.asarray(gray))
+
+
+def test_training_inputs_take_the_datasets_gray_chunk_latents():
+    from yume_jax.train.objective import model_inputs
+
+    gray = jax.random.normal(jax.random.key(2), X0[:, :, 3:].shape)  # chunk of 2 after 3 history frames
+    t = jnp.full((2,), 0.5)
+    inp, _, _ = model_inputs(X0, jnp.zeros_like(X0), t, 2, "noised", True, gray)
+    y = np.asarray(inp[:, 3 + MASK_CHANNELS:])
+    np.testing.assert_array_equal(y[:, :, :3], np.asarray(X0[:, :, :3]))
+    np.testing.assert_array_equal(y[:, :, 3:], np.asarray(gray))
