@@ -262,6 +262,53 @@ def test_explore_scripted_writes_video_and_sidecar(pipe_dir, png, tmp_path):
     assert side["config"]["seed"] == 7 and side["config"]["sampler"]["steps"] == 2
 
 
+@pytest.fixture(scope="module")
+def mp4_start(tmp_path_factory, image):
+    """A 9-frame start video written with PyAV."""
+    from infer.mp4 import GrowingMP4
+
+    p = tmp_path_factory.mktemp("vid") / "start.mp4"
+    w = GrowingMP4(p, 56, 40)
+    w.write(np.stack([np.roll(image, 3 * i, axis=1) for i in range(9)]))
+    w.close()
+    return p
+
+
+@pytest.mark.parametrize("case", ["prompt", "caption", "video-renoise", "video-clean"])
+def test_explore_cli_prompts_and_video_starts(pipe_dir, png, mp4_start, tmp_path, case):
+    """--prompt, --prompt-style yume1.5 --caption, --video with Yume 1.0 (re-noised) and 1.5 (clean) history."""
+    out = tmp_path / "o.mp4"
+    args = {"prompt": ["--image", str(png), "--prompt", "a rainy street"],
+            "caption": ["--image", str(png), "--prompt-style", "yume1.5", "--caption", "a snowy alley"],
+            "video-renoise": ["--video", str(mp4_start), "--history-mode", "renoise"],
+            "video-clean": ["--video", str(mp4_start), "--history-mode", "clean"]}[case]
+    r = _cli(pipe_dir, *args, "--actions", "W", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    side = json.loads(Path(str(out) + ".json").read_text())
+    prompt = side["chunks"][0]["prompt"]
+    if case == "prompt":
+        assert prompt.startswith("First-person perspective.") and prompt.endswith("a rainy street")
+    elif case == "caption":
+        assert side["config"]["prompt_style"] == "yume1.5" and prompt.endswith("a snowy alley")
+    else:
+        assert side["config"]["history_mode"] == case.split("-")[1]
+        assert side["initial_frames"] == 9 and side["chunks"][0]["history_frames"] == 3
+        assert _frames(out) == 9 + 4
+
+
+def test_interactive_lines_take_the_whole_keyboard_grammar():
+    from infer.explore import parse_command
+    from yume_jax import camera
+
+    W, A = camera.parse_step("W"), camera.parse_step("A")
+    assert parse_command("W*3") == ("actions", [W, W, W])
+    assert parse_command("W,A") == ("actions", [W, A])
+    assert parse_command("W+\x1b[C*2, A") == ("actions", [camera.parse_step("W+→")] * 2 + [A])
+    assert parse_command("q") == ("quit", None)
+    with pytest.raises(ValueError, match="Valid tokens"):
+        parse_command("W*0")
+
+
 @pytest.mark.parametrize("args, match", [
     (["--actions", "W,Q"], "Valid tokens"),
     (["--actions", "W", "--image", "/nonexistent.png"], "image not found"),
@@ -317,8 +364,8 @@ def test_explore_interactive_through_a_pty(pipe_dir, png, tmp_path):
     wait_for("> ")
     os.write(master, b"W\n")
     wait_for("chunk 0:")
-    os.write(master, b"\x1b[C\n")  # the right-arrow key
-    wait_for("chunk 1:")
+    os.write(master, b"\x1b[C,A*2\n")  # the right-arrow key, then A twice: three chunks from one line
+    wait_for("chunk 3:")
     os.write(master, b"nonsense\n")
     wait_for("Valid tokens")
     os.write(master, b"q\n")
@@ -326,8 +373,8 @@ def test_explore_interactive_through_a_pty(pipe_dir, png, tmp_path):
     os.close(master)
     assert p.returncode == 0
     side = json.loads(Path(str(out) + ".json").read_text())
-    assert [c["action"] for c in side["chunks"]] == ["W ·", "None →"]
-    assert _frames(out) == 17 + 2 * 4
+    assert [c["action"] for c in side["chunks"]] == ["W ·", "None →", "A ·", "A ·"]
+    assert _frames(out) == 17 + 4 * 4
 
 
 def test_text_only_start_with_a_t2v_model():
