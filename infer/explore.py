@@ -210,7 +210,7 @@ def run(a) -> int:
 
     def on_sigint(signum, frame):
         # never raise inside a running XLA computation: finish the chunk in flight, then stop;
-        # a second Ctrl-C stops at once (the fragmented MP4 on disk stays playable)
+        # a second Ctrl-C stops at once (the MP4 on disk, replaced atomically after each chunk, stays playable)
         interrupted["flag"] = True
         if not interrupted["busy"]:  # waiting at the prompt: nothing is running, stop now
             raise KeyboardInterrupt
