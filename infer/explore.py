@@ -130,7 +130,7 @@ def build_config(a, pipe):
     from yume_jax.rollout import RolloutConfig
     from yume_jax.sampling.api import AAMConfig, SamplerConfig
 
-    d = pipe.defaults
+    d = pipe.run_defaults()
     steps = a.steps or d.get("steps", 4)
     cfg = a.cfg if a.cfg is not None else d.get("cfg", 5.0)
     sampler = SamplerConfig(name=a.sampler or d.get("sampler", "euler"), steps=steps, cfg_scale=cfg,
