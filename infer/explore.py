@@ -4,7 +4,7 @@ Scripted:     python -m infer.explore --image start.png --actions "W,W+A,→,S+D
 Interactive:  python -m infer.explore --image start.png          (type W, A+→, up, ... then Enter; q quits)
 
 Keys: W/A/S/D move (combine with +, e.g. W+A), arrows (or left/right/up/down, j/l/i/k) turn and
-tilt; arrow keys typed in the terminal work too. Each command generates the next chunk; the MP4
+tilt; arrow keys typed in the terminal work too; a line may hold several steps and repeats (W,A  W*3). Each command generates the next chunk; the MP4
 grows after every chunk and a JSON sidecar (``OUT.json``) records per-chunk actions, prompts, seeds
 and timings, enough to reproduce the run. Exit codes: 0 ok, 2 bad input (invalid action, missing or
 unreadable image/video, bad checkpoint), 130 interrupted (the video of finished chunks is kept).
@@ -45,15 +45,26 @@ def parse_args(argv):
     ap.add_argument("--encoders", help="pipeline directory whose VAE/encoders to use with a workdir trained on stand-ins")
     ap.add_argument("--image", help="start image (image-to-video)")
     ap.add_argument("--video", help="start video (video-to-video: the video is the history)")
-    ap.add_argument("--prompt", default="", help="scene caption appended to the action prompts")
+    ap.add_argument("--prompt", default=None,
+                    help="scene description: the Yume 1.5 caption (selects --prompt-style yume1.5 unless given)")
+    ap.add_argument("--prompt-style", choices=["yume1", "yume1.5"], default=None,
+                    help="action prompt vocabulary (default: pipeline.json's, else yume1; yume1 appends the "
+                         "public sampler's fixed speed sentence)")
+    ap.add_argument("--caption", default=None, help="scene caption of the yume1.5 prompt style")
+    ap.add_argument("--negative-prompt", default=None, help="CFG negative prompt (default: Wan's)")
     ap.add_argument("--actions", help='comma-separated steps, e.g. "W,W+A,→"; omit for interactive mode')
     ap.add_argument("--steps", type=int, default=None, help="sampling steps per chunk")
-    ap.add_argument("--sampler", choices=sampling_names(), default="euler")
+    ap.add_argument("--sampler", choices=sampling_names(), default=None,
+                    help="default: pipeline.json's, else euler")
     ap.add_argument("--aam", action="store_true", help="anti-artifact mechanism (two passes)")
     ap.add_argument("--cache", type=int, default=0, metavar="N",
                     help="block residual caching: refresh every N steps (0: off)")
     ap.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = off)")
-    ap.add_argument("--history-mode", choices=["renoise", "clean"], default="renoise")
+    ap.add_argument("--history-mode", choices=["renoise", "clean"], default=None,
+                    help="renoise (Yume 1.0) or clean (Yume 1.5, t = 0 on history); default: pipeline.json's, "
+                         "else renoise")
+    ap.add_argument("--max-history", type=int, default=None,
+                    help="latent frames of history kept (frame 0, the anchor, always kept)")
     ap.add_argument("--chunk-frames", type=int, default=None, help="new latent frames per chunk")
     ap.add_argument("--height", type=int, default=None)
     ap.add_argument("--width", type=int, default=None)
@@ -82,7 +93,7 @@ def read_video(path: str) -> np.ndarray:
         raise UsageError(f"video not found: {path}")
     try:
         info = vio.probe(path)
-        return vio.read_frames(path, list(range(info.frames)))
+        return vio.read_frames(path, list(range(info.num_frames)))
     except Exception as e:
         raise UsageError(f"cannot read video {path}: {e}") from None
 
@@ -98,30 +109,47 @@ def default_pipeline_dir() -> Path:
 
 
 def parse_command(line: str):
-    """One interactive line -> ('quit', None) | ('action', Action); raises ValueError for bad input."""
+    """One interactive line -> ('quit', None) | ('actions', [Action, ...]): the whole keyboard grammar of
+    :func:`yume_jax.camera.parse_keys` (``W*3``, ``W,A``, ``W+→``) plus arrow keys typed in the terminal;
+    raises ValueError for bad input."""
     from yume_jax import camera
 
     s = line.strip()
     for esc, arrow in ARROWS.items():
-        s = s.replace(esc, "+" + arrow + "+" if s != esc else arrow)
-    s = "+".join(p for p in s.split("+") if p)
+        s = s.replace(esc, "+" + arrow + "+")
     if s.lower() in ("q", "quit", "exit"):
         return "quit", None
-    return "action", camera.parse_step(s)
+    steps = []
+    for step in s.split(","):
+        body, star, count = step.partition("*")
+        body = "+".join(p.strip() for p in body.split("+") if p.strip())
+        steps.append(body + star + count.strip())
+    return "actions", camera.parse_keys(",".join(steps))
 
 
 def build_config(a, pipe):
     from yume_jax.rollout import RolloutConfig
     from yume_jax.sampling.api import AAMConfig, SamplerConfig
 
-    d = pipe.defaults
+    d = pipe.run_defaults()
     steps = a.steps or d.get("steps", 4)
     cfg = a.cfg if a.cfg is not None else d.get("cfg", 5.0)
-    sampler = SamplerConfig(name=a.sampler, steps=steps, cfg_scale=cfg,
+    sampler = SamplerConfig(name=a.sampler or d.get("sampler", "euler"), steps=steps, cfg_scale=cfg,
                             aam=AAMConfig(steps=min(4, steps)) if a.aam else None)
+    if a.prompt is not None and a.caption is not None:
+        raise ValueError("give --prompt or --caption, not both (both set the scene caption)")
+    caption = a.caption if a.caption is not None else a.prompt
+    style = a.prompt_style or ("yume1.5" if caption else d.get("prompt_style", "yume1"))
+    if caption and style != "yume1.5":
+        raise ValueError("a scene caption (--prompt/--caption) needs --prompt-style yume1.5 "
+                         "(the yume1 prompts have a fixed scene sentence)")
+    kw = {} if a.negative_prompt is None else {"negative_prompt": a.negative_prompt}
     return RolloutConfig(height=a.height or d.get("height", 96), width=a.width or d.get("width", 160),
-                         chunk_frames=a.chunk_frames or d.get("chunk_frames", 2), history_mode=a.history_mode,
-                         caption=a.prompt, seed=a.seed, sampler=sampler, block_cache=a.cache)
+                         chunk_frames=a.chunk_frames or d.get("chunk_frames", 2),
+                         history_mode=a.history_mode or d.get("history_mode", "renoise"),
+                         max_history=a.max_history if a.max_history is not None else d.get("max_history"),
+                         prompt_style=style, caption=caption or "", seed=a.seed, sampler=sampler,
+                         block_cache=a.cache, **kw)
 
 
 def write_sidecar(path: Path, data: dict) -> None:
@@ -184,7 +212,7 @@ def run(a) -> int:
 
     def on_sigint(signum, frame):
         # never raise inside a running XLA computation: finish the chunk in flight, then stop;
-        # a second Ctrl-C stops at once (the fragmented MP4 on disk stays playable)
+        # a second Ctrl-C stops at once (the MP4 on disk, replaced atomically after each chunk, stays playable)
         interrupted["flag"] = True
         if not interrupted["busy"]:  # waiting at the prompt: nothing is running, stop now
             raise KeyboardInterrupt
@@ -202,10 +230,13 @@ def run(a) -> int:
         actions = iter(scripted) if scripted is not None else None
         interactive = scripted is None
         if interactive:
-            print("explore: W/A/S/D move, arrows or j/l/i/k turn and tilt, combine with + (W+→); q quits",
+            print("explore: W/A/S/D move, arrows or j/l/i/k turn and tilt, combine with + (W+→), several steps W,A or W*3; q quits",
                   file=sys.stderr)
+        pending = []
         while not interrupted["flag"]:
-            if interactive:
+            if interactive and pending:
+                action = pending.pop(0)
+            elif interactive:
                 print("> ", end="", file=sys.stderr, flush=True)
                 try:
                     line = sys.stdin.readline()
@@ -216,12 +247,13 @@ def run(a) -> int:
                 if not line.strip():
                     continue
                 try:
-                    kind, action = parse_command(line)
+                    kind, acts = parse_command(line)
                 except ValueError as e:
                     print(f"error: {e}", file=sys.stderr)
                     continue
                 if kind == "quit":
                     break
+                action, pending = acts[0], acts[1:]
             else:
                 action = next(actions, None)
                 if action is None:

@@ -37,3 +37,39 @@ def test_continuation_fills_only_the_chunk_and_no_history_is_refused():
         history_channels(None, 2)
     with pytest.raises(ValueError, match="continuation shape"):
         i2v_channels(X0, 1, continuation=gray[:, :, :2])
+
+
+def _wan_mask_reference(pixel_on: np.ndarray, total_pixels: int, h: int, w: int) -> np.ndarray:
+    """Wan I2V's mask as image2video.py builds it (spec/yume.md): ones on the conditioning pixel frames, the
+    first pixel frame repeated 4 times, viewed as (latent frames, 4) and transposed to 4 channels."""
+    msk = np.zeros((total_pixels, h, w), np.float32)
+    msk[:pixel_on] = 1
+    msk = np.concatenate([np.repeat(msk[:1], 4, axis=0), msk[1:]], axis=0)
+    return msk.reshape(msk.shape[0] // 4, 4, h, w).transpose(1, 0, 2, 3)
+
+
+@pytest.mark.parametrize("nh", [0, 1, 2, 4])
+def test_mask_is_wans_pixel_mask_folded(nh):
+    n = max(nh, 1)
+    ref = _wan_mask_reference(1 + 4 * (n - 1), 1 + 4 * 4, 4, 6)  # 5 latent frames
+    got = np.asarray(i2v_channels(X0, nh))[:, :MASK_CHANNELS]
+    np.testing.assert_array_equal(got, np.broadcast_to(ref, got.shape))
+
+
+def test_chunk_shaped_continuation_equals_full_shaped():
+    gray = jax.random.normal(jax.random.key(1), X0[:, :, 2:].shape)
+    full = jnp.concatenate([jnp.zeros_like(X0[:, :, :2]), gray], axis=2)
+    a = np.asarray(history_channels(X0[:, :, :2], 3, continuation=gray))
+    np.testing.assert_array_equal(a, np.asarray(history_channels(X0[:, :, :2], 3, continuation=full)))
+    np.testing.assert_array_equal(a[:, MASK_CHANNELS:, 2:], np.asarray(gray))
+
+
+def test_training_inputs_take_the_datasets_gray_chunk_latents():
+    from yume_jax.train.objective import model_inputs
+
+    gray = jax.random.normal(jax.random.key(2), X0[:, :, 3:].shape)  # chunk of 2 after 3 history frames
+    t = jnp.full((2,), 0.5)
+    inp, _, _ = model_inputs(X0, jnp.zeros_like(X0), t, 2, "noised", True, gray)
+    y = np.asarray(inp[:, 3 + MASK_CHANNELS:])
+    np.testing.assert_array_equal(y[:, :, :3], np.asarray(X0[:, :, :3]))
+    np.testing.assert_array_equal(y[:, :, 3:], np.asarray(gray))

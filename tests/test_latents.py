@@ -210,7 +210,8 @@ def test_reader_resume_in_new_process(built, tmp_path, workers):
 def test_cli_with_real_tiny_models(raw_root, tmp_path):
     """python -m train.build_latents end to end with the project's tiny Wan VAE and umT5 (random weights,
     written as a diffusers directory and a converted checkpoint) and CLIP: latents are the VAE's encoding of the
-    sample's video, text the encoder's output for its prompts, image the CLIP features of its first frame."""
+    sample's video, text the encoder's output for its prompts, image the CLIP features of its last history
+    frame, gray the I2V channels' continuation."""
     import torch
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -248,7 +249,8 @@ def test_cli_with_real_tiny_models(raw_root, tmp_path):
     vae = yume_jax.load_vae(tmp_path / "vae")
     te = yume_jax.load_text_encoder(tmp_path / "t5", cache=None)
     fn = pl.RawSample(data.clips, cfg)
-    for e in exs[:3]:
+    seen_nh = set()
+    for e in exs:
         sid = int(e["sample_id"])
         s = fn.make(sid, np.random.default_rng([3, sid]))
         want = np.asarray(vae.encode(s["video"][None]))[0]
@@ -258,15 +260,27 @@ def test_cli_with_real_tiny_models(raw_root, tmp_path):
         t = np.asarray(te.encode([plain, with_speed]))
         assert t.shape[1] == 512 and not t[0, len(e["text"]):].any() and not t[1, len(e["text_speed"]):].any()
         assert len(plain.encode()) < len(e["text"]) < len(e["text_speed"])  # ByT5: one token per byte, plus EOS
+        # image features: CLIP of the LAST history frame (frame 0 without history); gray: the chunk's latents of
+        # vae.encode([conditioning pixel frames, gray]) (spec/yume.md "The public sampler's pipeline")
+        nh = int(s["num_history"])
+        n = max(nh // 4, 1)
+        gray_in = s["video"].copy()
+        gray_in[:, 1 + 4 * (n - 1):] = 0.0
+        want_gray = np.asarray(vae.encode(gray_in[None]))[0, :, nh // 4:]
+        assert e["gray"].shape == want_gray.shape == (16, 2, 6, 10)
+        np.testing.assert_allclose(e["gray"], want_gray, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(e["text"], t[0, :len(e["text"])], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(e["text_speed"], t[1, :len(e["text_speed"])], rtol=1e-5, atol=1e-5)
-        frame = np.round((s["video"][:, 0] + 1) * 127.5).clip(0, 255).astype(np.uint8).transpose(1, 2, 0)
+        frame = s["video"][:, max(nh - 1, 0)]
+        frame = np.round((frame + 1) * 127.5).clip(0, 255).astype(np.uint8).transpose(1, 2, 0)
         img = np.asarray(ie.encode(frame[None]))[0]
         assert e["image"].shape == img.shape == (ie.config.num_tokens, ie.config.dim)
         np.testing.assert_allclose(e["image"], img, rtol=1e-5, atol=1e-5)
+        seen_nh.add(nh)
+    assert 0 in seen_nh and max(seen_nh) > 0
     # the reader serves them as training batches
     b = next(iter(L.latent_dataset(path, pl.LoaderConfig(seed=0), 0.65, 0, 1)))
     assert b["latents"].shape[1] == 16 and b["text"].shape == (1, 512, 32)
-    assert b["image"].shape == (1, ie.config.num_tokens, ie.config.dim)
+    assert b["image"].shape == (1, ie.config.num_tokens, ie.config.dim) and b["gray"].shape == (1, 16, 2, 6, 10)
     assert build_latents.main(["--data", str(tmp_path / "nothing"), "--vae", "x", "--text-encoder", "y",
                                "--out", str(out)]) == 2

@@ -57,15 +57,15 @@ def test_same_seed_same_video_bit_exact(pipe, image):
     _, a = _run(pipe, image, ["W", "W+A", "→"], seed=3)
     _, b = _run(pipe, image, ["W", "W+A", "→"], seed=3)
     _, c = _run(pipe, image, ["W", "W+A", "→"], seed=4)
-    assert a.shape == (1 + 3 * 4, 32, 48, 3) and np.array_equal(a, b) and not np.array_equal(a, c)
+    assert a.shape == (17 + 3 * 4, 32, 48, 3) and np.array_equal(a, b) and not np.array_equal(a, c)
 
 
 def test_compiles_once_per_distinct_shape(pipe_dir, image):
-    """5 chunks with history capped at 2 latent frames: shapes H=1 then H=2 -> exactly 2 compiles."""
+    """5 chunks with history capped at 6 latent frames: shapes H=5 then H=6 -> exactly 2 compiles."""
     fresh = load_pipeline(pipe_dir)
-    s, _ = _run(fresh, image, ["W"] * 5, max_history=2)
+    s, _ = _run(fresh, image, ["W"] * 5, max_history=6)
     hist = [r["history_frames"] for r in s.records]
-    assert hist == [1, 2, 2, 2, 2]
+    assert hist == [5, 6, 6, 6, 6]
     assert s.sampler.traces == len(set(hist)) == 2 == fresh.compiles
     assert s.sampler._run._cache_size() == 2
 
@@ -103,34 +103,110 @@ def test_block_cache_is_an_option_of_every_sampler(pipe, image):
     assert np.array_equal(np.asarray(s0.history), np.asarray(s1.history)) and np.array_equal(v0, v1)
 
 
-def test_session_and_training_build_the_same_i2v_channels(pipe, image):
-    """The session's y channels equal the training objective's for the same clean latents."""
-    import jax.numpy as jnp
-
-    from yume_jax.train.objective import conditioning
-
-    s = Session(pipe, _cfg(), image=image)
-    s.step("W")
+def _spy_y(pipe, session, action):
+    """The conditioning contexts the session hands the sampler for one step."""
     seen = {}
     orig = pipe.sample
 
     def spy(config, chunk_frames, noise, cond, uncond=None, **kw):
-        seen["y"] = cond["y"]
+        seen["cond"], seen["uncond"] = cond, uncond
         return orig(config, chunk_frames, noise, cond, uncond, **kw)
 
     pipe.sample = spy
     try:
-        hist = s.history
-        s.step("D")
+        session.step(action)
     finally:
         del pipe.sample
-    x0 = jnp.concatenate([hist, jnp.ones_like(hist[:, :, :1])], axis=2)  # any chunk content
-    np.testing.assert_array_equal(np.asarray(seen["y"]), np.asarray(conditioning(x0, hist.shape[2])))
+    return seen
+
+
+def _reference_y(vae, history_pixels, chunk_frames):
+    """Independent reference from spec/yume.md "The public sampler's pipeline": the Wan mask (1 on the
+    history's pixel frames, the first repeated 4 times, folded 4 to a latent frame) and
+    vae.encode(concat([history pixels, gray frames for the chunk])) in one call."""
+    import jax.numpy as jnp
+
+    _, _, t_hist, hh, ww = history_pixels.shape
+    t_all = t_hist + 4 * chunk_frames
+    gray = jnp.zeros((1, 3, 4 * chunk_frames, hh, ww), jnp.float32)
+    lat = np.asarray(vae.encode(jnp.concatenate([history_pixels, gray], axis=2)))
+    msk = np.zeros((t_all, lat.shape[3], lat.shape[4]), np.float32)
+    msk[:t_hist] = 1
+    msk = np.concatenate([np.repeat(msk[:1], 4, axis=0), msk[1:]], axis=0)
+    msk = msk.reshape(-1, 4, lat.shape[3], lat.shape[4]).transpose(1, 0, 2, 3)[None]
+    return np.concatenate([msk, lat], axis=1)
+
+
+def test_i2v_channels_match_the_public_sampler_from_an_image_and_after_chunks(pipe, image):
+    """y = [Wan mask | vae.encode([history pixels, gray])] (tiny VAE, fp32, <= 1e-5): for an image start
+    (pseudo-history of the image x 17) and for a history of several chunks (their decoded pixels)."""
+    import jax.numpy as jnp
+
+    from yume_jax.media import resize_frames, to_video
+
+    s = Session(pipe, _cfg(chunk_frames=2), image=image)
+    img = resize_frames(image[None], 32, 48)
+    start = to_video(np.repeat(img, 17, axis=0))
+    seen = _spy_y(pipe, s, "W")
+    np.testing.assert_allclose(np.asarray(seen["cond"]["y"]), _reference_y(pipe.vae, start, 2), atol=1e-5)
+    for a in ("D", "W+A"):
+        seen = _spy_y(pipe, s, a)
+    hist = s.history[:, :, :-2]  # the history the last chunk saw: 5 + 2 + 2 latent frames
+    pixels = jnp.concatenate([start, pipe.vae.decode(hist)[:, :, 17:]], axis=2)  # decoded chunks continue it
+    assert pixels.shape[2] == 17 + 16
+    np.testing.assert_allclose(np.asarray(seen["cond"]["y"]), _reference_y(pipe.vae, pixels, 2), atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(seen["cond"]["y"]), np.asarray(seen["uncond"]["y"]))
+
+
+def test_image_start_is_a_pseudo_history_of_five_latents(pipe, image):
+    """The image repeated 16 times then itself: 17 pixel frames -> 5 latent frames (as the training data)."""
+    from yume_jax.media import resize_frames, to_video
+
+    s = Session(pipe, _cfg(), image=image)
+    assert s.history.shape[2] == 5 and len(s.initial_frames) == 17
+    ref = pipe.vae.encode(to_video(np.repeat(resize_frames(image[None], 32, 48), 17, axis=0)))
+    np.testing.assert_allclose(np.asarray(s.history), np.asarray(ref), atol=1e-6)
+    assert s.step("W")[1]["history_frames"] == 5
+
+
+def test_clip_features_of_the_last_history_frame_every_chunk(pipe, image):
+    from yume_jax.media import resize_frames
+
+    s = Session(pipe, _cfg(), image=image)
+    seen = _spy_y(pipe, s, "W")
+    first = pipe.image_encoder.encode(resize_frames(image[None], 32, 48))
+    np.testing.assert_allclose(np.asarray(seen["cond"]["image"]), np.asarray(first), atol=1e-6)
+    frames, _ = s.step("A")  # its last frame conditions the next chunk
+    seen = _spy_y(pipe, s, "S")
+    np.testing.assert_allclose(np.asarray(seen["cond"]["image"]),
+                               np.asarray(pipe.image_encoder.encode(frames[-1:])), atol=1e-6)
+    assert not np.allclose(np.asarray(seen["cond"]["image"]), np.asarray(first))
+
+
+def test_default_negative_prompt_and_speed_sentence():
+    from yume_jax import camera
+
+    c = RolloutConfig()
+    assert c.negative_prompt == camera.NEGATIVE_PROMPT
+    assert c.negative_prompt.startswith("Bright tones, overexposed") and c.negative_prompt.endswith("walking backwards")
+    assert camera.INFERENCE_SPEED_SENTENCE.endswith("View rotation speed:4.14601429683874179.")
+
+
+def test_max_history_keeps_the_anchor(pipe, image):
+    s = Session(pipe, _cfg(max_history=3), image=image)
+    anchor = np.asarray(s.history[:, :, 0])
+    s.step("W")
+    newest = np.asarray(s.history[:, :, -1])
+    rec = s.step("W")[1]
+    assert rec["history_frames"] == 3
+    hist = np.asarray(s.history)
+    np.testing.assert_array_equal(hist[:, :, 0], anchor)
+    np.testing.assert_array_equal(hist[:, :, 2], newest)
 
 
 def test_history_modes_and_starts(pipe, image):
     s, v = _run(pipe, image, ["W", "S"], history_mode="clean")
-    assert s.history.shape[2] == 3 and np.isfinite(np.asarray(s.history)).all()
+    assert s.history.shape[2] == 7 and np.isfinite(np.asarray(s.history)).all()
     # video-to-video: 9 frames -> 3 latent frames of history, decoded back as the first frames
     video = np.stack([image] * 9)
     s2 = Session(pipe, _cfg(), video=video)
@@ -175,12 +251,62 @@ def test_explore_scripted_writes_video_and_sidecar(pipe_dir, png, tmp_path):
     out = tmp_path / "walk.mp4"
     r = _cli(pipe_dir, "--image", str(png), "--actions", "W,W+A,right", "--out", str(out), "--seed", "7")
     assert r.returncode == 0, r.stderr
-    assert _frames(out) == 1 + 3 * 4
+    assert _frames(out) == 17 + 3 * 4
     side = json.loads(Path(str(out) + ".json").read_text())
-    assert side["finished"] and side["frames"] == 13 and len(side["chunks"]) == 3
+    assert side["finished"] and side["frames"] == 29 and len(side["chunks"]) == 3
     assert [c["action"] for c in side["chunks"]] == ["W ·", "W+A ·", "None →"]
     assert all("prompt" in c and "timings_s" in c for c in side["chunks"])
+    from yume_jax import camera
+    assert all(c["prompt"].endswith(camera.INFERENCE_SPEED_SENTENCE) and c["negative_prompt"] == camera.NEGATIVE_PROMPT
+               for c in side["chunks"])
     assert side["config"]["seed"] == 7 and side["config"]["sampler"]["steps"] == 2
+
+
+@pytest.fixture(scope="module")
+def mp4_start(tmp_path_factory, image):
+    """A 9-frame start video written with PyAV."""
+    from infer.mp4 import GrowingMP4
+
+    p = tmp_path_factory.mktemp("vid") / "start.mp4"
+    w = GrowingMP4(p, 56, 40)
+    w.write(np.stack([np.roll(image, 3 * i, axis=1) for i in range(9)]))
+    w.close()
+    return p
+
+
+@pytest.mark.parametrize("case", ["prompt", "caption", "video-renoise", "video-clean"])
+def test_explore_cli_prompts_and_video_starts(pipe_dir, png, mp4_start, tmp_path, case):
+    """--prompt, --prompt-style yume1.5 --caption, --video with Yume 1.0 (re-noised) and 1.5 (clean) history."""
+    out = tmp_path / "o.mp4"
+    args = {"prompt": ["--image", str(png), "--prompt", "a rainy street"],
+            "caption": ["--image", str(png), "--prompt-style", "yume1.5", "--caption", "a snowy alley"],
+            "video-renoise": ["--video", str(mp4_start), "--history-mode", "renoise"],
+            "video-clean": ["--video", str(mp4_start), "--history-mode", "clean"]}[case]
+    r = _cli(pipe_dir, *args, "--actions", "W", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    side = json.loads(Path(str(out) + ".json").read_text())
+    prompt = side["chunks"][0]["prompt"]
+    if case == "prompt":
+        assert prompt.startswith("First-person perspective.") and prompt.endswith("a rainy street")
+    elif case == "caption":
+        assert side["config"]["prompt_style"] == "yume1.5" and prompt.endswith("a snowy alley")
+    else:
+        assert side["config"]["history_mode"] == case.split("-")[1]
+        assert side["initial_frames"] == 9 and side["chunks"][0]["history_frames"] == 3
+        assert _frames(out) == 9 + 4
+
+
+def test_interactive_lines_take_the_whole_keyboard_grammar():
+    from infer.explore import parse_command
+    from yume_jax import camera
+
+    W, A = camera.parse_step("W"), camera.parse_step("A")
+    assert parse_command("W*3") == ("actions", [W, W, W])
+    assert parse_command("W,A") == ("actions", [W, A])
+    assert parse_command("W+\x1b[C*2, A") == ("actions", [camera.parse_step("W+→")] * 2 + [A])
+    assert parse_command("q") == ("quit", None)
+    with pytest.raises(ValueError, match="Valid tokens"):
+        parse_command("W*0")
 
 
 @pytest.mark.parametrize("args, match", [
@@ -212,7 +338,7 @@ def test_explore_interrupted_keeps_finished_chunks(pipe_dir, png, tmp_path):
     meta = json.loads(side.read_text())
     n = len(meta["chunks"])
     assert 2 <= n < 50 and not meta["finished"]
-    assert _frames(out) == 1 + 4 * n == meta["frames"]
+    assert _frames(out) == 17 + 4 * n == meta["frames"]
 
 
 def test_explore_interactive_through_a_pty(pipe_dir, png, tmp_path):
@@ -238,8 +364,8 @@ def test_explore_interactive_through_a_pty(pipe_dir, png, tmp_path):
     wait_for("> ")
     os.write(master, b"W\n")
     wait_for("chunk 0:")
-    os.write(master, b"\x1b[C\n")  # the right-arrow key
-    wait_for("chunk 1:")
+    os.write(master, b"\x1b[C,A*2\n")  # the right-arrow key, then A twice: three chunks from one line
+    wait_for("chunk 3:")
     os.write(master, b"nonsense\n")
     wait_for("Valid tokens")
     os.write(master, b"q\n")
@@ -247,8 +373,8 @@ def test_explore_interactive_through_a_pty(pipe_dir, png, tmp_path):
     os.close(master)
     assert p.returncode == 0
     side = json.loads(Path(str(out) + ".json").read_text())
-    assert [c["action"] for c in side["chunks"]] == ["W ·", "None →"]
-    assert _frames(out) == 1 + 2 * 4
+    assert [c["action"] for c in side["chunks"]] == ["W ·", "None →", "A ·", "A ·"]
+    assert _frames(out) == 17 + 4 * 4
 
 
 def test_text_only_start_with_a_t2v_model():

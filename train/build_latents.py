@@ -6,7 +6,8 @@
 Runs the raw-clip sampling of :mod:`yume_jax.data.pipeline` (chunk + history, I2V with p = 0.4), encodes each
 video with ``yume_jax.load_vae(VAE_CKPT).encode`` and both prompts (without / with the speed sentence) with
 ``yume_jax.load_text_encoder(T5_CKPT).encode``, with ``--image-encoder`` the CLIP features of each sample's
-first frame (``yume_jax.load_image_encoder(CLIP_CKPT).encode``; needed to train I2V models), and writes ``OUT/<name>/1.0.0/``. Interrupted? Run the same
+last history frame (``yume_jax.load_image_encoder(CLIP_CKPT).encode``; needed to train I2V models) and the
+I2V channels' gray continuation latents (unless ``--no-gray``), and writes ``OUT/<name>/1.0.0/``. Interrupted? Run the same
 command again: finished samples are kept in ``OUT/_work`` and not encoded twice. Read the result with
 ``yume_jax.data.latents.latent_dataset(OUT/<name>/1.0.0)``.
 """
@@ -54,6 +55,9 @@ def main(argv=None) -> int:
     ap.add_argument("--vae-dtype", default="bfloat16", choices=["float32", "bfloat16"])
     ap.add_argument("--text-encoder", required=True, help="converted umT5 checkpoint")
     ap.add_argument("--image-encoder", help="converted CLIP checkpoint: store image features (I2V models)")
+    ap.add_argument("--no-gray", action="store_true",
+                    help="do not store the I2V channels' gray continuation latents (stored by default with "
+                         "--image-encoder: a second VAE encode per sample)")
     ap.add_argument("--tokenizer-dir", help="umT5 tokenizer directory (default: <text-encoder>/tokenizer)")
     ap.add_argument("--tokenizer", choices=["umt5", "byt5", "none"], help="override the checkpoint's tokenizer")
     ap.add_argument("--out", required=True, type=Path)
@@ -91,7 +95,8 @@ def main(argv=None) -> int:
     try:
         rep = latents.encode_dataset(data, args.out, video, text, cfg, samples_per_clip=args.samples_per_clip,
                                      seed=args.seed, dtype=args.dtype, name=args.name, encoders=ident,
-                                     keep_cache=args.keep_cache, max_samples=args.max_samples, image_encoder=image)
+                                     keep_cache=args.keep_cache, max_samples=args.max_samples, image_encoder=image,
+                                     gray=False if args.no_gray else None)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

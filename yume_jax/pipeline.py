@@ -51,6 +51,17 @@ class Pipeline:
         """Wan I2V input layout: noisy latents + 4 mask channels + conditioning latents."""
         return self.dit.config.in_channels == 2 * self.z_dim + 4
 
+    @property
+    def ti2v(self) -> bool:
+        """Wan 2.2 TI2V layout (Yume-5B): the 48-channel Wan 2.2 VAE's latents in, no I2V channels. The public
+        5B sampler keeps history clean (t = 0 on it) with 4 Euler steps: the explorer's defaults for it."""
+        return self.z_dim == 48 and self.dit.config.in_channels == self.z_dim
+
+    def run_defaults(self) -> dict:
+        """Defaults for a run: pipeline.json's, over the layout's (TI2V: clean history, 4 Euler steps)."""
+        base = {"history_mode": "clean", "steps": 4, "sampler": "euler"} if self.ti2v else {}
+        return {**base, **self.defaults}
+
     def check(self):
         c = self.dit.config
         if c.in_channels not in (self.z_dim, 2 * self.z_dim + 4):

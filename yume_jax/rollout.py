@@ -10,10 +10,15 @@ with a fixed draw in Yume 1.0 mode, clean with t = 0 in Yume 1.5 mode), appends 
 decodes ONLY the new latent frames, continuing from the saved decoder cache (the public code re-decodes
 everything each chunk).
 
-Starts: image-to-video (the encoded image is the first history frame: pseudo-history), video-to-video
-(the encoded input video is the history), text-only (no history; needs a model without image
-cross-attention or I2V channels). I2V models with 2z+4 input channels get Wan's conditioning channels from
-:func:`yume_jax.models.conditioning.history_channels` (the builder training uses too).
+What the model is fed follows the public sampler (spec/yume.md "The public sampler's pipeline"). Starts:
+image-to-video (pseudo-history: the image repeated 16 times then itself, 17 pixel frames -> 5 latent
+frames), video-to-video (the encoded input video is the history), text-only (no history; needs a model
+without image cross-attention or I2V channels). I2V models with 2z+4 input channels get Wan's conditioning
+channels from :func:`yume_jax.models.conditioning.history_channels` (the builder training uses too): y =
+vae.encode([history pixel frames, gray frames for the chunk]), streamed: the history's pixel frames are
+encoded once as they are decoded, and each chunk's gray latents continue a copy of that encode stream.
+CLIP features are those of the last history frame, recomputed every chunk. The CFG negative prompt is Wan's,
+and yume1-style prompts end with the public sampler's fixed speed sentence.
 """
 from __future__ import annotations
 
@@ -44,7 +49,9 @@ class RolloutConfig:
     max_history: Optional[int] = None  # latent frames of history kept (None: all; memory caps at 1366)
     prompt_style: str = "yume1"
     caption: str = ""
-    negative_prompt: str = ""
+    negative_prompt: str = camera.NEGATIVE_PROMPT  # CFG negative (Wan's, as the public sampler)
+    speed_sentence: bool = True  # yume1 style: append the public sampler's fixed speed sentence
+    image_repeat: int = 16  # image start: the image repeated this many times, then itself (17 -> 5 latents)
     fps: int = 16
     seed: int = 0
     sampler: sampling.SamplerConfig = field(default_factory=lambda: sampling.SamplerConfig(steps=4))
@@ -58,6 +65,10 @@ class RolloutConfig:
             raise ValueError("chunk_frames must be >= 1")
         if self.prompt_style not in camera.STYLES:
             raise ValueError(f"prompt_style must be one of {camera.STYLES}")
+        if self.image_repeat < 0 or self.image_repeat % 4:
+            raise ValueError("image_repeat must be a multiple of 4 (whole latent frames), >= 0")
+        if self.max_history is not None and self.max_history < 1:
+            raise ValueError("max_history must be >= 1 (frame 0, the anchor, is always kept)")
         if self.block_cache < 0:
             raise ValueError("block_cache (refresh interval) must be >= 0")
 
@@ -84,28 +95,32 @@ class Session:
         self.records: list[dict] = []
         self.key = jax.random.key(config.seed)
         self._on_step = on_step
-        self.history = None  # (1, z, H, h, w) clean latents
+        self.history = None  # (1, z, H, h, w) clean latents (the model's history input)
+        self.y_history = None  # (1, z, H, h, w) VAE latents of the history's PIXEL frames (I2V channels y)
+        self.encode_state = None  # the VAE encode stream after the history's pixel frames (I2V models)
         self.decode_state = None
-        self.first_frame = None
+        self.last_frame = None  # (h, w, 3) uint8: the last history frame (CLIP input of the next chunk)
         self.initial_frames = np.zeros((0, config.height, config.width, 3), np.uint8)
         self.uncond_text = pipe.text_encoder.encode([config.negative_prompt])
+        pixels = None
         if video is not None:
             frames = resize_frames(video, config.height, config.width)
             n = 1 + 4 * ((len(frames) - 1) // 4)
-            frames = frames[-n:]
-            self.first_frame = frames[0]
-            self.history = pipe.vae.encode(to_video(frames))
+            pixels = frames[-n:]
         elif image is not None:
             img = resize_frames(np.asarray(image)[None], config.height, config.width)
-            self.first_frame = img[0]
-            self.history = pipe.vae.encode(to_video(img))  # one latent frame: pseudo-history
-        if self.history is not None:
+            # pseudo-history: the image repeated, then itself (17 pixel frames -> 5 latent frames)
+            pixels = np.repeat(img, config.image_repeat + 1, axis=0)
+        if pixels is not None:
+            self.last_frame = pixels[-1]
+            self.history, self.encode_state = pipe.vae.stream_encode(to_video(pixels))
+            self.y_history = self.history
+            if not pipe.conditioned:
+                self.encode_state = None
             video_out, self.decode_state = pipe.vae.stream_decode(self.history)
             self.initial_frames = to_uint8(video_out)
         self.image_context = None
-        if cfg.image_dim is not None:
-            self.image_context = pipe.image_encoder.encode(self.first_frame[None])
-
+        self._clip()
     @property
     def cache(self) -> Optional[CacheConfig]:
         """The block cache of this run (None: off)."""
@@ -126,7 +141,34 @@ class Session:
                                  progress=self._on_step is not None)
 
     def prompt(self, action: camera.Action) -> str:
-        return camera.prompt(action, style=self.config.prompt_style, caption=self.config.caption or None)
+        """The action's prompt; in the yume1 style with the public sampler's fixed speed sentence appended
+        (``speed_sentence``; spec/yume.md "The public sampler's pipeline")."""
+        c = self.config
+        text = camera.prompt(action, style=c.prompt_style, caption=c.caption or None)
+        if c.speed_sentence and c.prompt_style == "yume1":
+            text += camera.INFERENCE_SPEED_SENTENCE
+        return text
+
+    def _clip(self):
+        """CLIP tokens of the last history frame (the image for an image start), recomputed every chunk."""
+        if self.pipe.dit.config.image_dim is not None and self.last_frame is not None:
+            self.image_context = self.pipe.image_encoder.encode(self.last_frame[None])
+
+    def _keep_history(self, hist: int) -> np.ndarray:
+        """Indices of the history frames kept under ``max_history``: frame 0 (the anchor, as the memory's own
+        selection keeps it) and the newest ``max_history - 1``."""
+        m = self.config.max_history
+        if m is None or hist <= m:
+            return np.arange(hist)
+        return np.concatenate([[0], np.arange(hist - (m - 1), hist)]).astype(int)
+
+    def _gray_continuation(self, chunk_frames: int):
+        """The VAE latents of ``chunk_frames`` latent frames of gray (0 in [-1, 1]) pixel frames continuing
+        the history through the causal encoder, from a copy of the history's encode stream."""
+        c = self.config
+        gray = jnp.zeros((1, 3, 4 * chunk_frames, c.height, c.width), jnp.float32)
+        lat, _ = self.pipe.vae.stream_encode(gray, self.encode_state.copy())
+        return lat
 
     def step(self, action: camera.Action | str) -> tuple[np.ndarray, dict]:
         """Generate the next chunk for ``action``; returns its new video frames (T, H, W, 3) uint8 and a record."""
@@ -142,9 +184,12 @@ class Session:
         h, w = c.height // stride, c.width // stride
         z = pipe.z_dim
         hist = 0 if self.history is None else self.history.shape[2]
-        if c.max_history is not None and hist > c.max_history:
-            self.history = self.history[:, :, hist - c.max_history:]
-            hist = c.max_history
+        keep = self._keep_history(hist)
+        if len(keep) < hist:
+            self.history = self.history[:, :, keep]
+            if self.y_history is not None:
+                self.y_history = self.y_history[:, :, keep]
+            hist = len(keep)
         total = hist + c.chunk_frames
         k_chunk = jax.random.fold_in(self.key, idx)
         k_noise, k_hist, k_sde = jax.random.split(k_chunk, 3)
@@ -162,8 +207,8 @@ class Session:
         if self.image_context is not None:
             ctx["image"] = uctx["image"] = self.image_context
         if pipe.conditioned:
-            history = None if hist == 0 else self.history[:, :, :hist]
-            ctx["y"] = uctx["y"] = history_channels(history, c.chunk_frames)
+            gray = None if self.encode_state is None else self._gray_continuation(c.chunk_frames)
+            ctx["y"] = uctx["y"] = history_channels(None if hist == 0 else self.y_history, c.chunk_frames, gray)
         t1 = time.perf_counter()
         out = pipe.sample(c.sampler, c.chunk_frames, noise, ctx, uctx, key=k_sde, frozen=frozen, cache=self.cache,
                           on_step=self._on_step)
@@ -173,8 +218,13 @@ class Session:
         t2 = time.perf_counter()
         video, self.decode_state = pipe.vae.stream_decode(new, self.decode_state)
         frames = to_uint8(video)
+        if self.encode_state is not None:  # the new pixel frames continue the history's encode stream
+            new_y, self.encode_state = pipe.vae.stream_encode(video, self.encode_state)
+            self.y_history = jnp.concatenate([self.y_history, new_y], axis=2)
+        self.last_frame = frames[-1]
+        self._clip()
         t_decode = time.perf_counter() - t2
-        rec = dict(chunk=idx, action=str(action), prompt=text, seed=c.seed, key_fold=idx, history_frames=hist,
+        rec = dict(chunk=idx, action=str(action), prompt=text, negative_prompt=c.negative_prompt, seed=c.seed, key_fold=idx, history_frames=hist,
                    new_latent_frames=c.chunk_frames, video_frames=int(frames.shape[0]),
                    timings_s=dict(text=round(t_text, 4), sample=round(t_sample, 4), decode=round(t_decode, 4)),
                    sampler_compiles=self.sampler.traces)

@@ -191,6 +191,18 @@ YUME15_MOUSE = {
 }
 STYLES = ("yume1", "yume1.5")
 
+# spec/yume.md "The public sampler's pipeline": the fixed speed sentence the public sampler appends to every
+# inference prompt (sample_tts.py; the digits are its literal text, not a float's repr) and Wan's negative
+# prompt, the CFG negative when none is given (image2video.py).
+INFERENCE_SPEED_SENTENCE = ("Actual distance moved:4.3697374288015297 at 100 meters per second."
+                            "Angular change rate (turn speed):4.520279996588001."
+                            "View rotation speed:4.14601429683874179.")
+NEGATIVE_PROMPT = ("Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, "
+                   "static, overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, "
+                   "extra fingers, poorly drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, "
+                   "fused fingers, still picture, messy background, three legs, many people in the background, "
+                   "walking backwards")
+
 
 def speed_sentences(s: Speed) -> tuple[str, str, str]:
     """The three parts of the speed sentence; numbers printed as Python prints a float (as Yume's loader)."""

@@ -11,8 +11,14 @@ Each example is one raw sample (:class:`yume_jax.data.pipeline.RawSample`; clip 
 - ``text`` / ``text_speed`` (L, D): the text encoder's output for the prompt without / with the speed
   sentence, trailing all-zero rows removed (restored to ``text_len`` rows on read), so the reader can
   draw the speed sentence with p = 0.65 per epoch; ``prompt`` / ``prompt_speed``: the texts;
-- ``image`` (N, D), only when built with an image encoder: CLIP features of the sample's first frame (the
-  I2V image, or the oldest history frame), the image cross-attention input of Wan/Yume I2V models;
+- ``image`` (N, D), only when built with an image encoder: CLIP features of the sample's LAST history frame
+  (the I2V image for an image sample; frame 0 without history), the image cross-attention input of Wan/Yume
+  I2V models, as the public sampler computes it (spec/yume.md "The public sampler's pipeline");
+- ``gray`` (z, t_chunk, h, w), only when built with ``gray`` (default: with an image encoder): the I2V
+  channels' continuation on the chunk's latent frames (:func:`yume_jax.models.conditioning.i2v_channels`),
+  the VAE latents of gray frames (0 in [-1, 1]) continuing the conditioning frames' pixels through the
+  causal encoder (n = max(history latents, 1) conditioning frames, their 1 + 4 (n - 1) pixel frames kept,
+  every later frame gray; :func:`gray_continuation`). Chunk-shaped, so history trimming keeps it valid;
 - ``action``, ``i2v``, ``speed`` (3,), ``clip`` (name), ``start``, ``sample_id``.
 
 The I2V variant is drawn at build time (it changes the video the VAE sees). Encoding is resumable:
@@ -69,19 +75,19 @@ def _load(x: np.ndarray) -> np.ndarray:
 
 
 def _fingerprint(data: sekai.Dataset, cfg: pl.RawConfig, samples_per_clip: int, seed: int, dtype: str,
-                 encoders: str, image_features: bool) -> dict:
+                 encoders: str, image_features: bool, gray: bool) -> dict:
     names = [c.name for c in data.clips]
     return {"root": str(Path(data.root).resolve()), "layout": data.layout, "clips": len(names),
             "clip_names_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest(),
             "config": dataclasses.asdict(cfg), "samples_per_clip": samples_per_clip, "seed": seed, "dtype": dtype,
-            "encoders": encoders, "image_features": image_features}
+            "encoders": encoders, "image_features": image_features, "gray": gray}
 
 
 def encode_dataset(data: sekai.Dataset, out, video_encoder: VideoEncoder, text_encoder: TextEncoderFn,
                    cfg: pl.RawConfig = pl.RawConfig(), samples_per_clip: int = 1, seed: int = 0,
                    dtype: str = "float32", name: str = "yume_latents", encoders: str = "",
                    keep_cache: bool = False, max_samples: int | None = None, progress: bool = True,
-                   image_encoder: ImageEncoderFn | None = None) -> BuildReport:
+                   image_encoder: ImageEncoderFn | None = None, gray: bool | None = None) -> BuildReport:
     """Encode every sample of ``data`` into an ArrayRecord dataset under ``out`` (see module docstring).
 
     ``video_encoder`` / ``text_encoder`` are plain callables (``yume_jax.load_vae(p).encode`` and
@@ -89,7 +95,10 @@ def encode_dataset(data: sekai.Dataset, out, video_encoder: VideoEncoder, text_e
     them in the build fingerprint: resuming into a work directory built with other settings is refused.
     ``max_samples`` stops after encoding that many samples in this run (the build stays resumable).
     ``image_encoder`` (``yume_jax.load_image_encoder(p)`` for I2V models) adds each sample's ``image`` features.
+    ``gray`` adds the ``gray`` continuation latents of the I2V channels (a second VAE encode per sample);
+    default: when an image encoder is given.
     """
+    gray = image_encoder is not None if gray is None else bool(gray)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if samples_per_clip < 1:
@@ -99,7 +108,7 @@ def encode_dataset(data: sekai.Dataset, out, video_encoder: VideoEncoder, text_e
     out = Path(out)
     work = out / "_work"
     work.mkdir(parents=True, exist_ok=True)
-    fp = _fingerprint(data, cfg, samples_per_clip, seed, dtype, encoders, image_encoder is not None)
+    fp = _fingerprint(data, cfg, samples_per_clip, seed, dtype, encoders, image_encoder is not None, gray)
     plan = work / "plan.json"
     if plan.exists():
         old = json.loads(plan.read_text())
@@ -138,8 +147,10 @@ def encode_dataset(data: sekai.Dataset, out, video_encoder: VideoEncoder, text_e
         if txt.ndim != 3 or txt.shape[0] != 2:
             raise ValueError(f"text encoder returned shape {txt.shape}; expected (2, text_len, dim)")
         extra = {}
+        if gray:
+            extra["gray"] = _store(gray_continuation(video_encoder, s["video"], int(s["num_history"]) // 4)[0], dtype)
         if image_encoder is not None:
-            img = np.asarray(image_encoder(s["video"][None, :, 0]))
+            img = np.asarray(image_encoder(s["video"][None, :, max(int(s["num_history"]) - 1, 0)]))
             if img.ndim != 3 or img.shape[0] != 1:
                 raise ValueError(f"image encoder returned shape {img.shape}; expected (1, tokens, dim)")
             extra["image"] = _store(img[0], dtype)
@@ -170,6 +181,18 @@ def encode_dataset(data: sekai.Dataset, out, video_encoder: VideoEncoder, text_e
     return BuildReport(path, len(done), encoded, skipped, problems)
 
 
+def gray_continuation(video_encoder: VideoEncoder, video: np.ndarray, num_history_latents: int) -> np.ndarray:
+    """(1, z, t - num_history_latents, h, w): the chunk's latent frames of ``video_encoder([the conditioning
+    frames' 1 + 4 (n - 1) pixel frames, gray frames for the rest])``, n = max(num_history_latents, 1)
+    conditioning frames (``video`` (3, T, H, W) in [-1, 1]; spec/yume.md "The public sampler's pipeline").
+    Without history the chunk's frame 0 is the conditioning image (the I2V channels do not read it there)."""
+    n = max(int(num_history_latents), 1)
+    keep = 1 + 4 * (n - 1)
+    x = np.asarray(video, np.float32).copy()
+    x[:, keep:] = 0.0
+    return np.asarray(video_encoder(x[None]))[:, :, int(num_history_latents):]
+
+
 def _atomic_npz(path: Path, **arrays):
     tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}.npz")
     np.savez(tmp, **arrays)
@@ -189,6 +212,7 @@ def _write_tfds(out: Path, name: str, files: list[Path], fp: dict, skipped: dict
         dt = z["latents"].dtype
         dim = z["text"].shape[-1] if z["text"].shape[0] else z["text_speed"].shape[-1]
         image = z["image"].shape if "image" in z.files else None
+        gray = z["gray"].shape if "gray" in z.files else None
     T = tfds.features.Tensor
     spec = {
         "latents": T(shape=(None, None, None, None), dtype=dt, encoding=tfds.features.Encoding.BYTES),
@@ -202,6 +226,8 @@ def _write_tfds(out: Path, name: str, files: list[Path], fp: dict, skipped: dict
     }
     if image is not None:
         spec["image"] = T(shape=image, dtype=dt)
+    if gray is not None:
+        spec["gray"] = T(shape=(None, None, None, None), dtype=dt, encoding=tfds.features.Encoding.BYTES)
     features = tfds.features.FeaturesDict(spec)
     meta = dict(fp, skipped=skipped)
 
@@ -277,6 +303,8 @@ class LatentSample:
                "action": np.int32(ex["action"]), "i2v": np.bool_(ex["i2v"]), "sample_id": np.int64(ex["sample_id"])}
         if "image" in ex:
             out["image"] = _load(ex["image"])
+        if "gray" in ex:
+            out["gray"] = np.ascontiguousarray(_load(ex["gray"]))
         return out
 
 
@@ -289,7 +317,8 @@ def latent_dataset(path, loader: pl.LoaderConfig = pl.LoaderConfig(), speed_prob
     """Training batches from a latent dataset: the raw pipeline's shards, shuffling, state and prefetch.
 
     Batch keys: ``latents`` (B, z, t, h, w) float32, ``num_history_latents``, ``text`` (B, text_len, D),
-    ``image`` (B, tokens, D) when built with an image encoder, ``prompt``, ``with_speed``, ``action``, ``i2v``,
+    ``image`` (B, tokens, D) when built with an image encoder, ``gray`` (B, z, chunk, h, w) when built with
+    gray continuations, ``prompt``, ``with_speed``, ``action``, ``i2v``,
     ``sample_id``."""
     n = len(open_source(path))
     return pl.build(n, LatentSample(path, speed_prob), loader, shard_index, shard_count, collate_fn=_collate_latents)

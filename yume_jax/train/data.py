@@ -139,6 +139,8 @@ class LatentBatch:
                "text": np.asarray(b["text"], np.float32), "item": b["sample_id"], "i2v": b["i2v"]}
         if self.with_image:
             out["image"] = np.asarray(b["image"], np.float32)
+        if "gray" in b:  # the I2V channels' continuation (yume_jax/data/latents.py)
+            out["gray"] = np.asarray(b["gray"], np.float32)
         return out
 
 

@@ -10,7 +10,7 @@ F - chunk frames are history:
 - History: noised with the same t' as the chunk (Yume 1.0, ``history="noised"``) or kept clean with
   per-token t = 0 on its tokens (Yume 1.5, ``history="clean"``).
 - I2V models (in_channels = 2 C + 4) get [x_t (C) | mask (4) | y (C)] where y holds the clean latents
-  of the conditioning frames and zeros elsewhere, and the 4 mask channels are 1 on conditioning frames.
+  of the conditioning frames and elsewhere the batch's ``gray`` continuation (zeros without it), and the 4 mask channels are 1 on conditioning frames.
   Conditioning frames (latent level): the history frames when there is history, else the first latent
   frame (the input image, as Wan I2V).
 - Loss: unweighted MSE between the predicted and target velocity on the chunk only. With MVDT the
@@ -50,21 +50,26 @@ def interpolate(x0: jax.Array, eps: jax.Array, t: jax.Array) -> jax.Array:
     return tb * eps + (1.0 - tb) * x0
 
 
-def conditioning(x0: jax.Array, num_history: int) -> jax.Array:
-    """(B, 4 + C, F, H, W): mask channels then the clean latents of the conditioning frames (zeros elsewhere);
-    the shared builder, :func:`yume_jax.models.conditioning.i2v_channels` (frame 0 always conditions)."""
-    return i2v_channels(x0, num_history)
+def conditioning(x0: jax.Array, num_history: int, continuation: jax.Array | None = None) -> jax.Array:
+    """(B, 4 + C, F, H, W): mask channels then the clean latents of the conditioning frames and, elsewhere,
+    ``continuation`` (the dataset's ``gray`` latents, as the public sampler's y) or zeros; the shared builder,
+    :func:`yume_jax.models.conditioning.i2v_channels` (frame 0 always conditions)."""
+    return i2v_channels(x0, num_history, continuation)
 
 
-def model_inputs(x0: jax.Array, eps: jax.Array, t: jax.Array, chunk: int, history: str, i2v: bool):
-    """(model input, target velocity on the chunk, history_timestep) for clean latents x0."""
+def model_inputs(x0: jax.Array, eps: jax.Array, t: jax.Array, chunk: int, history: str, i2v: bool,
+                 continuation: jax.Array | None = None):
+    """(model input, target velocity on the chunk, history_timestep) for clean latents x0; ``continuation``:
+    the chunk's gray latents (B, C, chunk, H, W) of the I2V channels (None: zeros)."""
     f = x0.shape[2]
     nh = f - chunk
     xt = interpolate(x0, eps, t)
     clean = history == "clean" and nh > 0
     if clean:
         xt = jnp.concatenate([x0[:, :, :nh], xt[:, :, nh:]], axis=2)
-    inp = jnp.concatenate([xt, conditioning(x0, nh)], axis=1) if i2v else xt
+    if continuation is not None and i2v:  # the chunk's gray latents -> shaped like x0 (history part unread)
+        continuation = jnp.concatenate([jnp.zeros_like(x0[:, :, :nh]), continuation], axis=2)
+    inp = jnp.concatenate([xt, conditioning(x0, nh, continuation)], axis=1) if i2v else xt
     target = (eps - x0)[:, :, nh:]
     return inp, target, (0.0 if clean else None)
 
@@ -78,7 +83,7 @@ def loss(model, batch: dict, key: jax.Array, *, chunk: int, keep: int | None, hi
     """Training loss of one (micro-)batch and its parts.
 
     ``batch``: latents (B, C, F, H, W) float32, text (B, L, text_dim), image (B, N, image_dim) when the
-    model has image cross-attention. ``keep``: static kept-token count of the MVDT pass (None: no MVDT).
+    model has image cross-attention, [gray (B, C, chunk, H, W): the I2V channels' continuation on the chunk's frames]. ``keep``: static kept-token count of the MVDT pass (None: no MVDT).
     Returns (loss, {"loss_unmasked", "loss_masked"}).
     """
     x0 = batch["latents"].astype(F32)
@@ -92,7 +97,9 @@ def loss(model, batch: dict, key: jax.Array, *, chunk: int, keep: int | None, hi
     if model.cfg.in_channels not in (c, 2 * c + MASK_CHANNELS) or (model.cfg.in_channels != c and not use_i2v):
         raise ValueError(f"model takes {model.cfg.in_channels} channels; latents have {c} "
                          f"(expected {c}, or {2 * c + MASK_CHANNELS} with I2V conditioning)")
-    inp, target, hist_t = model_inputs(x0, eps, t, chunk, history, use_i2v)
+    gray = batch.get("gray")
+    inp, target, hist_t = model_inputs(x0, eps, t, chunk, history, use_i2v,
+                                       None if gray is None else gray.astype(F32))
     kw = dict(chunk=chunk if chunk < f else None, history_timestep=hist_t if chunk < f else None)
     if runtime is not None:
         kw["runtime"] = runtime

@@ -72,7 +72,7 @@ class FlowTask:
     init: str | None = None
     model_seed: int = 0
 
-    device_keys = ("latents", "text", "image")
+    device_keys = ("latents", "text", "image", "gray")  # gray: I2V channels continuation (data/latents.py)
 
     env: Env | None = None  # set by setup
 
