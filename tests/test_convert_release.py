@@ -170,3 +170,17 @@ def test_bad_release_dirs(i2v_release, tmp_path, capsys):
     (broken / "Yume-Dit").symlink_to(rel / "Yume-Dit")
     assert convert_main(["--pipeline", str(broken), str(tmp_path / "o"), "--no-progress"]) == 2
     assert "models_t5_umt5-xxl-enc-bf16.pth" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_force_replaces_only_a_pipeline_it_built(i2v_release, tmp_path):
+    """--force never removes the release, a folder holding it, or a folder that is not a built pipeline."""
+    _, rel = i2v_release
+    args = ["--num-heads", str(HEADS), "--no-progress", "--force"]
+    before = sorted(p.name for p in rel.iterdir())
+    assert convert_main(["--pipeline", str(rel), str(rel)] + args) == 2
+    assert convert_main(["--pipeline", str(rel), str(rel.parent)] + args) == 2
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    assert convert_main(["--pipeline", str(rel), str(other)] + args) == 2
+    assert sorted(p.name for p in rel.iterdir()) == before and (other / "keep.txt").read_text() == "mine"

@@ -88,6 +88,22 @@ def detect(root) -> Release:
                    clip if clip.is_file() else None)
 
 
+def _check_replaceable(out: Path, release_dir: Path) -> None:
+    """``--force`` replaces only a pipeline directory this function wrote, never the release itself or a
+    folder holding it (the plain converter's ``--force`` once deleted its own input that way)."""
+    src, dst = release_dir.resolve(), out.resolve()
+    if dst == src or dst in src.parents:
+        raise ConversionError("refusing --force: the destination is the release or holds it", file=out)
+    meta = out / "pipeline.json"
+    try:
+        written = out.is_dir() and "release" in json.loads(meta.read_text())
+    except (OSError, ValueError, TypeError):
+        written = False
+    if not written:
+        raise ConversionError("refusing --force: not a pipeline directory built from a release "
+                              "(no pipeline.json naming one)", file=out)
+
+
 def build_pipeline(release_dir, out_dir, *, dtype: str | None = None, num_heads: int | None = None,
                    force: bool = False, progress: bool = True) -> Path:
     """Convert the release at ``release_dir`` into the pipeline directory ``out_dir`` (see the module doc).
@@ -96,8 +112,10 @@ def build_pipeline(release_dir, out_dir, *, dtype: str | None = None, num_heads:
     right for both releases). The text encoder uses the umT5 tokenizer when the release has its folder."""
     rel = detect(release_dir)
     out = Path(out_dir)
-    if out.exists() and not force:
-        raise ConversionError("destination exists (pass --force to replace it)", file=out)
+    if out.exists():
+        if not force:
+            raise ConversionError("destination exists (pass --force to replace it)", file=out)
+        _check_replaceable(out, Path(release_dir))
     tmp = out.with_name(out.name + f".partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
