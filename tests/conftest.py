@@ -7,3 +7,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules with a test marked ``slow`` run first (their tests kept together and in order), so that
+    with parallel workers (``-n auto``) the few long trainer/subprocess tests start at once instead of
+    ending the run alone on one worker. Which tests run is unchanged."""
+    heavy = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module.__name__ not in heavy)  # stable: order kept within each group

@@ -51,6 +51,7 @@ def trained(tmp_path_factory):
     return enc, run
 
 
+@pytest.mark.slow
 def test_workdir_becomes_a_pipeline(trained):
     from yume_jax.train.checkpoint import read_state
 

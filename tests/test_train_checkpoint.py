@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 from configs import train as tc
 from yume_jax import sharding
@@ -79,6 +80,7 @@ def _losses(workdir):
     return out
 
 
+@pytest.mark.slow
 def test_cli_resume_on_another_mesh(tmp_path):
     cache = tmp_path / "cache"
     a = tmp_path / "a"

@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from yume_jax.core import params as Pm
 from yume_jax.train import checkpoint as ck
@@ -77,6 +78,7 @@ def _samples(run: Path, pid: int) -> list[dict]:
     return [json.loads(x) for x in (run / f"samples.p{pid}.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_two_processes_identical_params_disjoint_data(tmp_path):
     run = tmp_path / "run"
     outs = _launch(tmp_path, 4)

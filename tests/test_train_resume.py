@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from yume_jax.train import checkpoint as ck
 
@@ -72,6 +73,7 @@ def _wait_for(cond, proc: subprocess.Popen, timeout: float = 240.0, poll: float 
     return False
 
 
+@pytest.mark.slow
 def test_kill_during_save_and_sigterm_resume_bit_exact(tmp_path):
     cache = tmp_path / "xla_cache"
     ref, run = tmp_path / "ref", tmp_path / "run"

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,6 +46,7 @@ def _train(run: Path, *args) -> str:
     return r.stderr
 
 
+@pytest.mark.slow
 def test_tiny_sandbox_loss_falls(tmp_path):
     run = tmp_path / "run"
     err = _train(run, "--steps=200", "--log_every=20", "--checkpoint.every=100", "--peak_tflops=0.1")

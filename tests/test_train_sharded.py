@@ -50,6 +50,7 @@ def setup():
     return run, jax.device_get(ref_state), ref_metrics, state0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh_shape", [{"fsdp": 2, "tensor": 4}, {"fsdp": 2, "context": 2, "tensor": 2}])
 def test_sharded_step_matches_one_device(setup, mesh_shape):
     run, ref, ref_m, state0 = setup
