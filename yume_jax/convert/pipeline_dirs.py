@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +127,7 @@ def _trained_size(cfg: dict) -> dict:
 def from_workdir(workdir, *, encoders=None, step: int | None = None) -> Path:
     """``<workdir>/pipeline/step_<N>`` from the training run at ``workdir`` (see the module doc)."""
     from yume_jax.core import params as P
-    from yume_jax.core.checkpoint import write_checkpoint
+    from yume_jax.core.checkpoint import atomic_dir, write_checkpoint
     from yume_jax.train.checkpoint import read_state
 
     workdir = Path(workdir)
@@ -151,10 +150,7 @@ def from_workdir(workdir, *, encoders=None, step: int | None = None) -> Path:
     entry = state["dit"]
     tree = entry["ema"] if entry.get("ema") else entry["params"]
     flat = {k: np.asarray(v) for k, v in P.flatten(tree).items()}
-    tmp = out.with_name(out.name + f".partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out) as tmp:
         write_checkpoint(tmp / "dit", "dit", dcfg.to_dict(), P.to_checkpoint(flat))
         _place(enc["vae"], tmp / "vae", "vae")
         _place(enc["text_encoder"], tmp / "text_encoder", "t5")
@@ -166,9 +162,4 @@ def from_workdir(workdir, *, encoders=None, step: int | None = None) -> Path:
                     "source": str(workdir.resolve()), "step": n, "weights": "ema" if entry.get("ema") else "params"}
         defaults.update(_trained_size(cfg))
         (tmp / PIPELINE_JSON).write_text(json.dumps(defaults, indent=1))
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -21,12 +21,12 @@ tokenizer folder), ``image_encoder/`` for I2V, and ``pipeline.json`` with the re
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from yume_jax.convert.driver import convert
+from yume_jax.core.checkpoint import atomic_dir
 from yume_jax.core.tensors import JAX_META, ConversionError
 
 DIT_DIR = "Yume-Dit"
@@ -116,10 +116,7 @@ def build_pipeline(release_dir, out_dir, *, dtype: str | None = None, num_heads:
         if not force:
             raise ConversionError("destination exists (pass --force to replace it)", file=out)
         _check_replaceable(out, Path(release_dir))
-    tmp = out.with_name(out.name + f".partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out) as tmp:
         opts = {"num_heads": num_heads} if num_heads is not None else {}
         convert(rel.dit, tmp / "dit", family="dit", dtype=dtype, progress=progress, **opts)
         convert(rel.vae, tmp / "vae", family="vae", dtype=dtype, progress=progress)
@@ -135,10 +132,4 @@ def build_pipeline(release_dir, out_dir, *, dtype: str | None = None, num_heads:
             convert(rel.image_encoder, tmp / "image_encoder", family="clip", dtype=dtype, progress=progress)
         defaults = dict(DEFAULTS[rel.kind], release=rel.kind, source=str(Path(release_dir).resolve()))
         (tmp / "pipeline.json").write_text(json.dumps(defaults, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -17,11 +17,12 @@ part (an error), for shapes (must match) and dtypes (cast to the model's, or ``d
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -51,27 +52,37 @@ def open_checkpoint(path: str | os.PathLike, family: str) -> TensorSource:
     return src
 
 
-def write_checkpoint(path: str | os.PathLike, family: str, config: dict, tensors: dict[str, np.ndarray],
-                     *, source_naming: str | None = None, extras: Sequence[str] = ()) -> Path:
-    """Write flat JAX-named arrays as one of our checkpoints (``yume_jax.json`` + ``params.safetensors``),
-    atomically (temporary directory renamed into place)."""
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Write a directory completely or not at all: yields ``PATH.partial-<pid>`` to fill; on success any
+    previous ``path`` is removed and the temporary directory renamed into place, on any exception (or
+    interrupt) the temporary directory is removed and ``path`` is left as it was."""
     path = Path(path)
     tmp = path.with_name(path.name + f".partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        w = SafetensorsWriter(tmp / JAX_PARAMS, [(k, np.asarray(v).dtype, np.asarray(v).shape) for k, v in tensors.items()])
-        for k, v in tensors.items():
-            w.write(k, np.asarray(v))
-        w.close()
-        meta = make_meta(family, config, source_naming=source_naming, extras=extras)
-        (tmp / JAX_META).write_text(json.dumps(meta, indent=1, sort_keys=True))
+        yield tmp
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_checkpoint(path: str | os.PathLike, family: str, config: dict, tensors: dict[str, np.ndarray],
+                     *, source_naming: str | None = None, extras: Sequence[str] = ()) -> Path:
+    """Write flat JAX-named arrays as one of our checkpoints (``yume_jax.json`` + ``params.safetensors``),
+    atomically (temporary directory renamed into place)."""
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        w = SafetensorsWriter(tmp / JAX_PARAMS, [(k, np.asarray(v).dtype, np.asarray(v).shape) for k, v in tensors.items()])
+        for k, v in tensors.items():
+            w.write(k, np.asarray(v))
+        w.close()
+        meta = make_meta(family, config, source_naming=source_naming, extras=extras)
+        (tmp / JAX_META).write_text(json.dumps(meta, indent=1, sort_keys=True))
     return path
 
 
