@@ -124,6 +124,7 @@ class DistConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     name: str = "tiny-sandbox"
+    task: str = "flow"  # the training task (TASKS): flow (rectified flow + MVDT on the DiT), ...
     workdir: str | None = None  # None: runs/<name>
     steps: int = 300
     batch_size: int = 2  # global samples per optimizer step
@@ -308,6 +309,7 @@ def validate(cfg: TrainConfig) -> None:
         dit = cfg.dit_config()
     except (ValueError, TypeError) as e:
         raise ConfigError(f"--model.dit: {e}") from None
+    _check(cfg.task in TASKS, f"--task={cfg.task!r} unknown; known: {sorted(TASKS)}")
     _check(cfg.steps >= 1, f"--steps must be >= 1, got {cfg.steps}")
     _check(cfg.batch_size >= 1, f"--batch_size must be >= 1, got {cfg.batch_size}")
     _check(cfg.log_every >= 1, f"--log_every must be >= 1, got {cfg.log_every}")
@@ -404,9 +406,19 @@ def trainer_config(cfg: TrainConfig):
                          log_samples=cfg.data.log_samples)
 
 
+def make_task(cfg: TrainConfig):
+    """The task object of ``cfg.task`` (the trainer's :class:`yume_jax.train.task.Task`)."""
+    if cfg.task not in TASKS:
+        raise ConfigError(f"--task={cfg.task!r} unknown; known: {sorted(TASKS)}")
+    return TASKS[cfg.task](cfg)
+
+
 def flow_task(cfg: TrainConfig):
     """The rectified-flow + MVDT task (:class:`yume_jax.train.tasks.flow.FlowTask`) of ``cfg``."""
     from yume_jax.train.tasks.flow import FlowTask
     return FlowTask(dit=cfg.dit_config(), raw=cfg.raw_config(), data=cfg.data, objective=cfg.objective,
                     optim=cfg.optim, runtime=cfg.runtime_obj(), steps=cfg.steps, seed=cfg.seed,
                     init=cfg.model.init, model_seed=cfg.model.seed)
+
+
+TASKS = {"flow": flow_task}  # --task=NAME -> builder(cfg) of the trainer's task

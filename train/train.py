@@ -27,7 +27,7 @@ from configs import train as tc
 def make_trainer(cfg: tc.TrainConfig):
     """The library trainer running the flow/MVDT task of ``cfg`` (call after :func:`init_jax`)."""
     from yume_jax.train.trainer import Trainer
-    return Trainer(tc.trainer_config(cfg), tc.flow_task(cfg), config=cfg.to_dict())
+    return Trainer(tc.trainer_config(cfg), tc.make_task(cfg), config=cfg.to_dict())
 
 
 def init_jax(cfg: tc.TrainConfig) -> None:
