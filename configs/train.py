@@ -23,6 +23,7 @@ from pathlib import Path
 from configs import models as model_presets
 from yume_jax import configlib
 from yume_jax.configlib import ConfigError
+from yume_jax.train.tasks.vae import VAETaskConfig
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ class TrainConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    vae: VAETaskConfig = field(default_factory=VAETaskConfig)  # --task=vae: yume_jax.train.tasks.vae.VAETaskConfig
 
     # derived views ------------------------------------------------------------------------------
     @property
@@ -240,7 +242,29 @@ def _yume14b_540p() -> TrainConfig:
         checkpoint=CheckpointConfig(every=500))
 
 
+def _sandbox_vae() -> TrainConfig:
+    """Stage 1 of the embedded default model (docs/default_model.md): the sandbox-2.1 VAE (Wan 2.1
+    architecture, base width 16) on 96x160 sandbox walks rendered on the device; one H200."""
+    return TrainConfig(
+        name="sandbox-vae", task="vae", steps=6000, batch_size=32, log_every=100, progress=True,
+        vae=VAETaskConfig(preset="sandbox-2.1", frames=9, clips=1024, clip_frames=48, world="default"),
+        optim=OptimConfig(lr=1e-3, schedule="cosine", warmup_steps=200, weight_decay=0.0, end_lr_ratio=0.05,
+                          b2=0.99, clip_norm=1.0, ema_decay=0.999),
+        checkpoint=CheckpointConfig(every=1000, max_to_keep=2))
+
+
+def _tiny_vae() -> TrainConfig:
+    """The VAE task at test size: tiny-2.1 on 48x80 walks (CPU)."""
+    return TrainConfig(
+        name="tiny-vae", task="vae", steps=4, batch_size=2, log_every=1, progress=False, tensorboard=False,
+        vae=VAETaskConfig(preset="tiny-2.1", frames=5, clips=2, clip_frames=8, world="tiny", dtype="float32"),
+        optim=OptimConfig(lr=1e-3, weight_decay=0.0, ema_decay=0.9),
+        checkpoint=CheckpointConfig(every=2, max_to_keep=2))
+
+
 PRESETS = {
+    "sandbox-vae": _sandbox_vae,
+    "tiny-vae": _tiny_vae,
     "tiny-sandbox": _tiny_sandbox,
     "tiny-synthetic": _tiny_synthetic,
     "tiny-t2v": _tiny_t2v,
@@ -421,4 +445,18 @@ def flow_task(cfg: TrainConfig):
                     init=cfg.model.init, model_seed=cfg.model.seed)
 
 
-TASKS = {"flow": flow_task}  # --task=NAME -> builder(cfg) of the trainer's task
+def vae_task(cfg: TrainConfig):
+    """The VAE task (:class:`yume_jax.train.tasks.vae.VAETask`): the Wan 2.1 VAE on sandbox walks."""
+    from yume_jax.data import world
+    from yume_jax.presets import vae as vae_preset
+    from yume_jax.train.tasks.vae import VAETask
+    v = cfg.vae
+    try:
+        arch = vae_preset(v.preset, **{k: tuple(x) if isinstance(x, list) else x for k, x in v.arch.items()})
+        return VAETask(vae=arch, task=v, optim=cfg.optim, world=world.PRESETS[v.world], steps=cfg.steps,
+                       seed=cfg.seed, model_seed=cfg.model.seed)
+    except (KeyError, ValueError, TypeError) as e:
+        raise ConfigError(f"--vae: {e}") from None
+
+
+TASKS = {"flow": flow_task, "vae": vae_task}  # --task=NAME -> builder(cfg) of the trainer's task

@@ -33,6 +33,12 @@ DIT: dict[str, DiTConfig] = {
                            freq_dim=32),
     "tiny-yume": DiTConfig(dim=64, ffn_dim=96, num_heads=4, num_layers=4, in_channels=36, out_channels=16, text_dim=32,
                            freq_dim=32, image_dim=48, history_tiers=YUME_TIERS, sideblock=True, mask_token=True),
+    # the embedded default world model of the sandbox (docs/default_model.md): Yume I2V layout, small
+    # (history tiers up to 4x: its pipeline.json caps the history at 22 latent frames, the longest that needs
+    # no 8x tier, spec/yume.md "History memory"; the 8x and 16x kernels would be 3/4 of the parameters)
+    "sandbox-yume": DiTConfig(dim=192, ffn_dim=576, num_heads=3, num_layers=8, in_channels=36, out_channels=16,
+                              text_dim=64, freq_dim=128, image_dim=64, history_tiers=("2x", "4x"), sideblock=True,
+                              mask_token=True),
 }
 
 VAE: dict[str, VAEConfig] = {
@@ -44,6 +50,8 @@ VAE: dict[str, VAEConfig] = {
                         scale_factor_spatial=16),
     # tiny versions with the real strides (tests, CPU demos)
     "tiny-2.1": VAEConfig(base_dim=8),
+    # the embedded default's VAE: Wan 2.1 architecture at a small width, trained on sandbox frames
+    "sandbox-2.1": VAEConfig(base_dim=16),
     "tiny-2.2": VAEConfig(base_dim=8, decoder_base_dim=12, z_dim=48, is_residual=True, in_channels=12,
                           out_channels=12, patch_size=2, latents_mean=WAN22_MEAN, latents_std=WAN22_STD,
                           scale_factor_spatial=16),
@@ -53,6 +61,11 @@ ENCODERS: dict[str, UMT5Config | CLIPVisionConfig] = {
     "umt5-xxl": UMT5Config(),
     "tiny-umt5": UMT5Config(vocab_size=BYT5_VOCAB, dim=32, ffn_dim=48, num_heads=4, head_dim=8, num_layers=2,
                             tokenizer="byt5"),
+    # the embedded default's encoders: frozen random weights (the DiT learns to read them; ByT5 bytes)
+    "sandbox-umt5": UMT5Config(vocab_size=BYT5_VOCAB, dim=64, ffn_dim=128, num_heads=4, head_dim=16, num_layers=2,
+                               tokenizer="byt5"),
+    "sandbox-clip": CLIPVisionConfig(image_size=56, patch_size=14, dim=64, mlp_dim=128, num_heads=4, num_layers=2,
+                                     proj_dim=64),
     "clip-vit-h-14": CLIPVisionConfig(),
     "tiny-clip": CLIPVisionConfig(image_size=42, patch_size=14, dim=32, mlp_dim=64, num_heads=4, num_layers=3,
                                   proj_dim=16),
