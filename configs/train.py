@@ -262,7 +262,26 @@ def _tiny_vae() -> TrainConfig:
         checkpoint=CheckpointConfig(every=2, max_to_keep=2))
 
 
+def _sandbox_world() -> TrainConfig:
+    """Stage 2 of the embedded default model (docs/default_model.md): the sandbox-yume DiT (Yume I2V layout,
+    MVDT, clean history as Yume 1.5) on walks rendered on the device and encoded per batch by the stage-1 VAE
+    and the frozen sandbox encoders (``--data.path=<pipeline dir>``): chunks of 2 latent frames (8 video frames)
+    after 1..22 history latent frames or the image start; one H200."""
+    return TrainConfig(
+        name="sandbox-world", steps=20000, batch_size=32, log_every=100,
+        model=ModelConfig(preset="sandbox-yume"),
+        data=DataConfig(source="pool", generate=1024, generate_frames=96, world="default", raw_preset="sandbox",
+                        raw={"chunk_frames": 5, "i2v_prob": 0.3}, history_latents=(1, 2, 3, 5, 8, 12, 17, 22),
+                        text_len=512, image_tokens=17),
+        objective=ObjectiveConfig(history="clean", mvdt=True, mask_buckets=2),
+        optim=OptimConfig(lr=3e-4, schedule="constant", warmup_steps=300, weight_decay=0.0, b2=0.99, clip_norm=1.0,
+                          ema_decay=0.999),
+        runtime=RuntimeConfig(dtype="bfloat16", remat="none"),
+        checkpoint=CheckpointConfig(every=1000, max_to_keep=2))
+
+
 PRESETS = {
+    "sandbox-world": _sandbox_world,
     "sandbox-vae": _sandbox_vae,
     "tiny-vae": _tiny_vae,
     "tiny-sandbox": _tiny_sandbox,
@@ -371,8 +390,11 @@ def validate(cfg: TrainConfig) -> None:
     _check(ic in (z, 2 * z + 4), f"model in_channels={ic} must be latent_channels ({z}) or the I2V layout "
            f"2*{z}+4 = {2 * z + 4} (noisy + mask + conditioning latents)")
     d = cfg.data
-    _check(d.source in ("sandbox", "latents", "synthetic"),
-           f"--data.source must be sandbox, latents or synthetic, got {d.source!r}")
+    _check(d.source in ("sandbox", "latents", "synthetic", "pool"),
+           f"--data.source must be sandbox, latents, synthetic or pool, got {d.source!r}")
+    _check(d.source != "pool" or (d.path and d.generate >= 1),
+           "--data.source=pool needs --data.path=<pipeline dir with the frozen vae/, text_encoder/, image_encoder/> "
+           "and --data.generate=<walks to render> >= 1")
     _check(d.source != "latents" or d.path,
            f"--config {cfg.name}: --data.source=latents (real encoders) needs --data.path=<latent dataset dir, "
            "written by python -m train.build_latents --vae ... --text-encoder ... [--image-encoder ...]>; "

@@ -79,6 +79,10 @@ def trained_encoders(cfg: dict) -> dict[str, str | None] | None:
     """{"vae", "text_encoder", "image_encoder"} (paths) the run of config ``cfg`` was trained with,
     None for stand-in encoders."""
     d = cfg.get("data", {})
+    if d.get("source") == "pool":  # encoded per batch by the frozen components of the pipeline at data.path
+        p = Path(d["path"])
+        return {"vae": str(p / "vae"), "text_encoder": str(p / "text_encoder"),
+                "image_encoder": str(p / "image_encoder") if (p / "image_encoder").is_dir() else None}
     if d.get("source") != "latents":
         return None
     from yume_jax.data import latents

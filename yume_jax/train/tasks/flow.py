@@ -110,6 +110,8 @@ class FlowTask:
         if d.source == "synthetic" and d.history_latents and d.synthetic_history not in d.history_latents:
             raise ValueError(f"--data.synthetic_history={d.synthetic_history} is not one of --data.history_latents")
         path = Path(d.path).absolute() if d.path else env.run_dir / "world"
+        if d.source == "pool":
+            return self._pool(env, path)
         try:
             if d.source == "sandbox":
                 if env.is_main:
@@ -119,6 +121,26 @@ class FlowTask:
             return data_lib.dataset(d, self.raw, self.dit, env.local_batch, env.shard_index, env.shard_count, path)
         except (ValueError, OSError) as e:  # no clips, wrong dataset, shapes that do not fit the model
             raise ValueError(f"--data: {e}") from None
+
+    def _pool(self, env: Env, encoders: Path):
+        """--data.source=pool: walks rendered on the device, encoded per batch by the frozen VAE, text and image
+        encoders of the pipeline directory --data.path (yume_jax/train/sandbox.py)."""
+        from yume_jax.data import world
+        from yume_jax.train import sandbox
+
+        d, raw = self.data, self.raw
+        if not (encoders / "vae").is_dir() or not (encoders / "text_encoder").is_dir():
+            raise ValueError(f"--data.path={encoders}: --data.source=pool needs a pipeline directory with the frozen "
+                             "vae/ and text_encoder/ (and image_encoder/ for an image model)")
+        st, sh, sw = d.vae_stride
+        chunk = (raw.chunk_frames - 1) // st + 1
+        self.shapes = data_lib.Shapes(chunk, (raw.height // sh, raw.width // sw), d.latent_channels, d.text_len,
+                                      self.dit.text_dim, d.image_tokens if self.dit.image_dim is not None else 0)
+        wcfg = world.PRESETS[d.world].replace(height=raw.height, width=raw.width)
+        env.log(f"rendering {d.generate} sandbox walks of {d.generate_frames} frames at {raw.height}x{raw.width}")
+        pool = sandbox.render_pool(d.generate, d.generate_frames, wcfg, seed=d.seed, progress=env.is_main)
+        return sandbox.pool_dataset(pool, encoders, env.local_batch, chunk, d.history_latents or (1,), raw, d.seed,
+                                    env.shard_index, env.shard_count, i2v_prob=raw.i2v_prob, text_len=d.text_len)
 
     # -- state ---------------------------------------------------------------------------------------
     def abstract_state(self):
