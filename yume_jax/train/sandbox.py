@@ -72,35 +72,92 @@ def render_pool(num_clips: int, num_frames: int, cfg: world.WorldConfig, seed: i
 
 
 # ------------------------------------------------------------------------------------------------
-# DiT training batches from the pool, encoded on the device by the pipeline's own VAE and encoders
+# DiT training batches from the pool, in the layout inference sees, encoded once by the frozen VAE
+
+@dataclasses.dataclass
+class Encoded:
+    """The pool's walks encoded by the frozen VAE (normalised latents, float32 host arrays).
+
+    A training sample is a walk prefix: its first ``1 + 4 (h - 1)`` frames are the history (h latent frames, the
+    first a single frame, exactly as an exploration's history starts with its start frame) and the next
+    ``4 m`` frames the chunk. The VAE is causal, so the latents of a prefix are the prefix of the walk's
+    latents: one encode per walk serves every history length. ``gray[h]``: the I2V channels' continuation of
+    that sample, the latents of [history frames, gray frames] on the chunk (the encode stream of the history
+    continued with gray frames, :func:`yume_jax.data.latents.gray_continuation`). ``start_*``: the image start
+    of the walk's first frame (the frame repeated ``image_repeat`` times, then itself, then the walk's next
+    ``4 m`` frames; the explorer's pseudo-history)."""
+
+    latents: np.ndarray  # (N, z, H_max + m, h, w)
+    gray: dict  # h -> (N, z, m, h, w)
+    start_latents: np.ndarray  # (N, z, 1 + image_repeat / 4 + m, h, w)
+    start_gray: np.ndarray  # (N, z, m, h, w)
+    chunk: int
+    image_repeat: int
+
+
+def encode_pool(pool: Pool, vae, history: tuple[int, ...], chunk: int, image_repeat: int = 16, group: int = 32,
+                progress: bool = False) -> Encoded:
+    """Encode every walk of ``pool`` once (plus its gray continuations and image start), ``group`` walks per call."""
+    hs = sorted(set(int(h) for h in history))
+    if not hs or hs[0] < 1:
+        raise ValueError(f"history latent frames must be >= 1, got {history}")
+    m = chunk
+    need = 1 + 4 * (hs[-1] - 1) + 4 * m
+    n, t = pool.frames.shape[:2]
+    if t < need:
+        raise ValueError(f"pool walks have {t} frames; history {hs[-1]} + chunk {m} latent frames need {need}")
+
+    def px(a):
+        return a.astype(np.float32).transpose(0, 4, 1, 2, 3) * np.float32(1 / 127.5) - np.float32(1)
+
+    lat, gray, s_lat, s_gray = [], {h: [] for h in hs}, [], []
+    it = range(0, n, group)
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(it, desc="encode walks", unit="group")
+    for g in it:
+        fr = pool.frames[g:g + group]
+        b = len(fr)
+        parts, state, done = [], None, 0
+        zeros = np.zeros((b, 3, 4 * m) + fr.shape[2:4], np.float32)
+        for h in hs:  # stream the walk, branching a gray continuation at each history length
+            end = 1 + 4 * (h - 1)
+            if end > done:
+                z, state = vae.stream_encode(px(fr[:, done:end]), state)
+                parts.append(np.asarray(z))
+                done = end
+            zg, _ = vae.stream_encode(zeros, state.copy())
+            gray[h].append(np.asarray(zg))
+        z, state = vae.stream_encode(px(fr[:, done:need]), state)
+        parts.append(np.asarray(z))
+        lat.append(np.concatenate(parts, axis=2))
+        start = np.concatenate([np.repeat(fr[:, :1], image_repeat, axis=1), fr[:, :1 + 4 * m]], axis=1)
+        z, _ = vae.encode(px(start)), None
+        s_lat.append(np.asarray(z))
+        hist = np.concatenate([np.repeat(fr[:, :1], image_repeat + 1, axis=1)], axis=1)
+        st = vae.stream_encode(px(hist), None)[1]
+        s_gray.append(np.asarray(vae.stream_encode(zeros, st)[0]))
+    return Encoded(np.concatenate(lat), {h: np.concatenate(v) for h, v in gray.items()}, np.concatenate(s_lat),
+                   np.concatenate(s_gray), m, image_repeat)
+
 
 class PoolBatches:
-    """``random_map`` function: item -> one whole training batch of ``batch`` samples from the pool, encoded
-    by the real (frozen) VAE, text and image encoders of a pipeline directory, in the layout inference
-    sees (yume_jax/rollout.py): ``1 + 4 (h - 1)`` history pixel frames (h latent frames, the first one a
-    single frame) followed by ``4 m`` new frames (m = the chunk's latent frames).
+    """``random_map`` function: item -> one whole training batch of ``batch`` samples of :class:`Encoded` walks
+    (one history length per batch, so nothing is trimmed).
 
-    Per batch (one history length per batch, so nothing is trimmed): with probability ``i2v_prob`` the
-    image-to-video start (the start frame repeated ``image_repeat`` times, then itself: the explorer's
-    pseudo-history, 5 latent frames for 16 repeats), else h drawn uniformly from ``history`` (latent frames).
-    Per sample: a random walk and start; the prompt is the Yume prompt (``prompt_style``) of the majority
-    QCM action of the chunk's exact poses, with the speed sentence of its measured speed with probability
-    ``speed_prob`` (Yume's training prompts; spec/yume.md "Training objective"); ``image``: the image
-    encoder's tokens of the last history frame; ``gray``: the I2V channels' continuation, the VAE latents of
-    [history pixel frames, gray frames] on the chunk's frames (:func:`yume_jax.data.latents.gray_continuation`).
+    Per batch: with probability ``i2v_prob`` the image start (5 history latent frames for 16 repeats), else
+    h drawn uniformly from ``history``. Per sample: a random walk; the prompt is the Yume prompt
+    (``prompt_style``) of the majority QCM action of the chunk's exact poses (the pairs from the last history
+    frame through the chunk), with the speed sentence of its measured speed with probability ``speed_prob``
+    (Yume's training prompts; spec/yume.md "Training objective"), encoded by the frozen text encoder;
+    ``image``: the frozen image encoder's tokens of the last history frame.
     """
 
-    def __init__(self, pool: Pool, encoders: str, batch: int, chunk: int, history: tuple[int, ...],
-                 i2v_prob: float = 0.3, image_repeat: int = 16, speed_prob: float = 0.65,
-                 prompt_style: str = "yume1", speed_fps: float = 30.0, text_len: int = 512):
-        if chunk < 1 or not history or min(history) < 1:
-            raise ValueError(f"need chunk >= 1 and history latent frames >= 1, got {chunk}, {history}")
-        need = 1 + 4 * (max(max(history), 1) - 1) + 4 * chunk
-        if pool.frames.shape[1] < need:
-            raise ValueError(f"pool walks have {pool.frames.shape[1]} frames; history {max(history)} + chunk {chunk} "
-                             f"latent frames need {need}")
-        self.pool, self.encoders, self.batch, self.chunk = pool, str(encoders), batch, chunk
-        self.history, self.i2v_prob, self.image_repeat = tuple(history), i2v_prob, image_repeat
+    def __init__(self, pool: Pool, enc: Encoded, encoders: str, batch: int, history: tuple[int, ...],
+                 i2v_prob: float = 0.3, speed_prob: float = 0.65, prompt_style: str = "yume1",
+                 speed_fps: float = 30.0, text_len: int = 512):
+        self.pool, self.enc, self.encoders, self.batch = pool, enc, str(encoders), batch
+        self.history, self.i2v_prob = tuple(sorted(set(history))), i2v_prob
         self.speed_prob, self.prompt_style, self.speed_fps, self.text_len = speed_prob, prompt_style, speed_fps, text_len
         self._enc = None
 
@@ -111,57 +168,37 @@ class PoolBatches:
         if self._enc is None:
             import yume_jax
             p = Path(self.encoders)
-            self._enc = (yume_jax.load_vae(p / "vae"),
-                         yume_jax.load_text_encoder(p / "text_encoder", text_len=self.text_len, cache=None),
+            self._enc = (yume_jax.load_text_encoder(p / "text_encoder", text_len=self.text_len, cache=None),
                          yume_jax.load_image_encoder(p / "image_encoder") if (p / "image_encoder").is_dir() else None)
         return self._enc
 
-    def choose(self, rng: np.random.Generator) -> tuple[bool, int]:
-        """(image start?, history latent frames) of one batch."""
-        if rng.random() < self.i2v_prob:
-            return True, 1 + self.image_repeat // 4
-        return False, int(self.history[int(rng.integers(len(self.history)))])
-
     def __call__(self, index, rng: np.random.Generator) -> dict:
-        from yume_jax.camera import ALL_ACTIONS, prompt, quantize, speed
+        from yume_jax.camera import prompt, quantize, speed
         from yume_jax.data.pipeline import _majority
 
-        vae, te, ie = self._encoders()
-        frames, c2w = self.pool.frames, self.pool.c2w
-        i2v, h = self.choose(rng)
-        m = self.chunk
-        hist_px = 1 + self.image_repeat if i2v else 1 + 4 * (h - 1)
-        span = (1 if i2v else hist_px) + 4 * m  # walk frames used
-        videos, prompts, actions, lasts = [], [], [], []
-        n, t = frames.shape[:2]
-        for _ in range(self.batch):
-            c = int(rng.integers(n))
-            s = int(rng.integers(t - span + 1))
-            if i2v:
-                v = np.concatenate([np.repeat(frames[c, s:s + 1], self.image_repeat, 0), frames[c, s:s + 1 + 4 * m]])
-                first = s  # the chunk's pairs start at the image
-            else:
-                v = frames[c, s:s + span]
-                first = s + hist_px - 1
-            poses = c2w[c, first:first + 4 * m + 1]
+        te, ie = self._encoders()
+        e, m = self.enc, self.enc.chunk
+        i2v = bool(rng.random() < self.i2v_prob)
+        h = 1 + e.image_repeat // 4 if i2v else int(self.history[int(rng.integers(len(self.history)))])
+        walks = rng.integers(len(self.pool), size=self.batch)
+        last = 0 if i2v else 4 * (h - 1)  # the last history frame, in walk frames
+        prompts, actions = [], []
+        for c in walks:
+            poses = self.pool.c2w[c, last:last + 4 * m + 1]
             a = _majority(quantize(poses))
             with_speed = rng.random() < self.speed_prob
             prompts.append(prompt(a, self.prompt_style, speed(poses, fps=self.speed_fps) if with_speed else None))
             actions.append(a.index)
-            videos.append(v)
-            lasts.append(v[hist_px - 1])
-        u8 = np.stack(videos)  # (B, T, H, W, 3)
-        x = u8.astype(np.float32).transpose(0, 4, 1, 2, 3) * np.float32(1 / 127.5) - np.float32(1)
-        lat = np.asarray(vae.encode(x))
-        g = x.copy()
-        g[:, :, hist_px:] = 0.0
-        gray = np.asarray(vae.encode(g))[:, :, -m:]
-        out = {"latents": lat.astype(np.float32), "num_history": np.full(self.batch, h, np.int32),
-               "text": np.asarray(te.encode(prompts), np.float32), "gray": gray.astype(np.float32),
+        if i2v:
+            lat, gray = e.start_latents[walks], e.start_gray[walks]
+        else:
+            lat, gray = e.latents[walks, :, :h + m], e.gray[h][walks]
+        out = {"latents": np.ascontiguousarray(lat), "num_history": np.full(self.batch, h, np.int32),
+               "text": np.asarray(te.encode(prompts), np.float32), "gray": np.ascontiguousarray(gray),
                "i2v": np.full(self.batch, i2v), "action": np.asarray(actions, np.int32),
                "item": np.full(self.batch, int(index), np.int64)}
         if ie is not None:
-            out["image"] = np.asarray(ie.encode(np.stack(lasts)), np.float32)
+            out["image"] = np.asarray(ie.encode(self.pool.frames[walks, last]), np.float32)
         return out
 
 
@@ -170,11 +207,19 @@ def _first(items: list[dict]) -> dict:
 
 
 def pool_dataset(pool: Pool, encoders, batch: int, chunk: int, history: tuple[int, ...], raw, seed: int,
-                 shard_index: int, shard_count: int, i2v_prob: float = 0.3, text_len: int = 512):
+                 shard_index: int, shard_count: int, i2v_prob: float = 0.3, text_len: int = 512,
+                 log=print, image_repeat: int = 16):
     """This process's batches (each item of the Grain pipeline is a whole batch of :class:`PoolBatches`)."""
+    import time
+
+    import yume_jax
     from yume_jax.data import pipeline as pl
 
-    fn = PoolBatches(pool, encoders, batch, chunk, history, i2v_prob=i2v_prob, speed_prob=raw.speed_prob,
+    t0 = time.time()
+    vae = yume_jax.load_vae(Path(encoders) / "vae", latents_per_step=4)
+    enc = encode_pool(pool, vae, history, chunk, image_repeat)
+    log(f"encoded {len(pool)} walks ({pool.frames.shape[1]} frames) in {time.time() - t0:.1f} s")
+    fn = PoolBatches(pool, enc, encoders, batch, history, i2v_prob=i2v_prob, speed_prob=raw.speed_prob,
                      prompt_style=raw.prompt_style, speed_fps=raw.speed_fps, text_len=text_len)
     loader = pl.LoaderConfig(seed=seed, batch_size=1, read_threads=1, read_buffer=2)
     return pl.build(1 << 30, fn, loader, shard_index, shard_count, collate_fn=_first)

@@ -140,7 +140,8 @@ class FlowTask:
         env.log(f"rendering {d.generate} sandbox walks of {d.generate_frames} frames at {raw.height}x{raw.width}")
         pool = sandbox.render_pool(d.generate, d.generate_frames, wcfg, seed=d.seed, progress=env.is_main)
         return sandbox.pool_dataset(pool, encoders, env.local_batch, chunk, d.history_latents or (1,), raw, d.seed,
-                                    env.shard_index, env.shard_count, i2v_prob=raw.i2v_prob, text_len=d.text_len)
+                                    env.shard_index, env.shard_count, i2v_prob=raw.i2v_prob, text_len=d.text_len,
+                                    log=env.log)
 
     # -- state ---------------------------------------------------------------------------------------
     def abstract_state(self):

@@ -218,8 +218,9 @@ class VAETask:
         dtype = jnp.dtype(cfg.dtype)
         ema = self.optim.ema_decay
 
-        def micro(params, mb, k):
-            return loss_fn(nnx.merge(graphdef, params), mb["video"], k, cfg, dtype)
+        def micro(params, mb, k):  # compute in ``dtype`` (as WanVAE casts its parameters), float32 master weights
+            cast = jax.tree.map(lambda p: p.astype(dtype), params)
+            return loss_fn(nnx.merge(graphdef, cast), mb["video"], k, cfg, dtype)
 
         def step(state, batch):
             entry = state[MODEL]

@@ -1,0 +1,148 @@
+"""Building the embedded default model (docs/default_model.md), stage by stage; the GPU commands that ran each
+stage are in ``train/default_model.sh``.
+
+    python -m train.default_model encoders OUT            # frozen random sandbox umT5 (ByT5 bytes) + CLIP
+    python -m train.default_model export-vae RUN OUT      # a --task=vae run -> OUT/vae (latent statistics measured)
+    python -m train.default_model eval-vae VAE_DIR        # PSNR / SSIM on held-out sandbox walks (JSON line)
+    python -m train.default_model ship PIPELINE OUT       # a trained pipeline -> the shipped directory (bf16, sha256)
+
+The frozen encoders are random (seeded): the DiT learns to read them (issue 15 allows it; no pretrained
+umT5 or CLIP weights can be fetched here). The text encoder reads bytes (ByT5 tokenizer), so every prompt
+has a distinct encoding.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ENCODER_SEED = 20261204
+HELD_OUT_SEED = 777  # walks [777, i]: neither the training pools ([0, i], [1000, i]) nor the benchmark's seeds
+
+
+def write_encoders(out) -> Path:
+    from flax import nnx
+
+    from yume_jax.core.checkpoint import save_module
+    from yume_jax.encoders import ImageEncoder, TextEncoder
+    from yume_jax.presets import encoder
+
+    out = Path(out)
+    te = TextEncoder.random(encoder("sandbox-umt5"), seed=ENCODER_SEED)
+    ie = ImageEncoder.random(encoder("sandbox-clip"), seed=ENCODER_SEED + 1)
+    save_module(out / "text_encoder", "t5", te.config.to_dict(), nnx.merge(te.graphdef, te.params))
+    save_module(out / "image_encoder", "clip", ie.config.to_dict(), nnx.merge(ie.graphdef, ie.params))
+    return out
+
+
+def held_out(num: int = 32, frames: int = 33, cfg=None):
+    """uint8 (N, T, H, W, 3) held-out sandbox walks (rendered by JAX)."""
+    from yume_jax.data import world
+    from yume_jax.train.sandbox import render_pool
+
+    return render_pool(num, frames, cfg or world.WorldConfig(), seed=HELD_OUT_SEED).frames
+
+
+def export_vae(run, out, stats_walks: int = 64) -> Path:
+    from configs import train as tc
+    from yume_jax.data import world
+    from yume_jax.train.sandbox import render_pool
+    from yume_jax.train.tasks import vae as V
+
+    cfg = json.loads((Path(run) / "config.json").read_text())
+    tcfg = tc.from_dict(cfg)
+    task = tc.vae_task(tcfg)
+    params, step = V.trained_params(run)
+    walks = render_pool(stats_walks, 17, world.PRESETS[tcfg.vae.world], seed=HELD_OUT_SEED + 1).frames
+    x = walks.astype(np.float32).transpose(0, 4, 1, 2, 3) / 127.5 - 1.0
+    V.export(out, task.vae, params, x)
+    print(f"exported the VAE of {run} at step {step} to {out}")
+    return Path(out)
+
+
+def eval_vae(path, num: int = 32, frames: int = 33) -> dict:
+    """Reconstruction of held-out walks: mean PSNR (dB) and SSIM over frames."""
+    import yume_jax
+    from yume_jax.eval.metrics import psnr, ssim
+    from yume_jax.media import to_uint8
+
+    vae = yume_jax.load_vae(path, latents_per_step=4)
+    walks = held_out(num, frames)
+    x = walks.astype(np.float32).transpose(0, 4, 1, 2, 3) / 127.5 - 1.0
+    ps, ss = [], []
+    for i in range(0, num, 8):
+        y = np.asarray(vae.decode(vae.encode(x[i:i + 8])))
+        for j in range(len(y)):
+            rec = to_uint8(y[j:j + 1])
+            for t in range(frames):
+                ps.append(psnr(rec[t], walks[i + j, t]))
+                ss.append(ssim(rec[t], walks[i + j, t]))
+    return {"vae": str(path), "walks": num, "frames": frames, "psnr_db": float(np.mean(ps)),
+            "ssim": float(np.mean(ss)), "psnr_min_db": float(np.min(ps))}
+
+
+def _sha256(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def ship(pipeline, out, dtype: str = "bfloat16") -> Path:
+    """Copy a pipeline directory (links resolved), DiT and VAE weights cast to ``dtype``, with SHA256SUMS."""
+    from yume_jax.convert.driver import convert
+    from yume_jax.core.checkpoint import atomic_dir
+
+    src, out = Path(pipeline), Path(out)
+    with atomic_dir(out) as tmp:
+        for part, fam in (("dit", "dit"), ("vae", "vae")):
+            convert(src / part, tmp / part, family=fam, dtype=dtype, progress=False)
+        for part in ("text_encoder", "image_encoder"):
+            if (src / part).exists():
+                shutil.copytree((src / part).resolve(), tmp / part)
+        meta = json.loads((src / "pipeline.json").read_text())
+        meta.pop("source", None)
+        (tmp / "pipeline.json").write_text(json.dumps(meta, indent=1))
+        sums = [f"{_sha256(p)}  {p.relative_to(tmp)}" for p in sorted(tmp.rglob("*")) if p.is_file()]
+        (tmp / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    return out
+
+
+def main(argv=None) -> int:
+    from yume_jax.core import cli
+
+    def run(args) -> int:
+        ap = argparse.ArgumentParser(prog="python -m train.default_model", description=__doc__.split("\n\n")[0])
+        sub = ap.add_subparsers(dest="cmd", required=True)
+        sub.add_parser("encoders").add_argument("out")
+        e = sub.add_parser("export-vae")
+        e.add_argument("run")
+        e.add_argument("out")
+        v = sub.add_parser("eval-vae")
+        v.add_argument("vae")
+        v.add_argument("--walks", type=int, default=32)
+        s = sub.add_parser("ship")
+        s.add_argument("pipeline")
+        s.add_argument("out")
+        a = ap.parse_args(args)
+        if a.cmd == "encoders":
+            print(write_encoders(a.out))
+        elif a.cmd == "export-vae":
+            export_vae(a.run, a.out)
+        elif a.cmd == "eval-vae":
+            print(json.dumps(eval_vae(a.vae, a.walks)))
+        else:
+            print(ship(a.pipeline, a.out))
+        return 0
+
+    return cli.run(run, argv, prog="python -m train.default_model")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
