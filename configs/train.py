@@ -258,7 +258,18 @@ def get(name: str) -> TrainConfig:
         return PRESETS[name]()
     p = Path(name)
     if p.suffix == ".json" and p.is_file():
-        return from_dict(json.loads(p.read_text()))
+        try:
+            d = json.loads(p.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--config {p}: not a valid config.json ({e})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"--config {p}: not a valid config.json (a JSON object expected)")
+        try:
+            return from_dict(d)
+        except ConfigError as e:
+            raise ConfigError(f"--config {p}: {e}") from None
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"--config {p}: {type(e).__name__}: {e}") from None
     raise ConfigError(f"unknown config {name!r}; named configs: {', '.join(sorted(PRESETS))} "
                       "(or the path of a saved config.json)")
 
