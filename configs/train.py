@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +56,8 @@ class DataConfig:
     num_workers: int = 0  # Grain multiprocessing workers
     seed: int = 0
     log_samples: bool = False  # write the ids of every sample each process consumed to samples.p<i>.jsonl
+    max_skip_fraction: float = 0.5  # fail when more samples than this were skipped (broken clips/records) ...
+    min_attempts: int = 32  # ... once this many were tried; a dataset where nothing decodes fails there too
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class OptimConfig:
     clip_norm: float = 1.0  # global-norm clipping; 0 disables
     ema_decay: float = 0.0  # 0 disables the EMA copy of the parameters
     grad_accum: int = 1  # micro-batches per optimizer step
+    nonfinite: str = "stop"  # NaN/inf loss or gradients: stop (exit 2, no checkpoint of it) | skip (the update)
 
 
 @dataclass(frozen=True)
@@ -297,7 +301,18 @@ def get(name: str) -> TrainConfig:
         return PRESETS[name]()
     p = Path(name)
     if p.suffix == ".json" and p.is_file():
-        return from_dict(json.loads(p.read_text()))
+        try:
+            d = json.loads(p.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--config {p}: not a valid config.json ({e})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"--config {p}: not a valid config.json (a JSON object expected)")
+        try:
+            return from_dict(d)
+        except ConfigError as e:
+            raise ConfigError(f"--config {p}: {e}") from None
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"--config {p}: {type(e).__name__}: {e}") from None
     raise ConfigError(f"unknown config {name!r}; named configs: {', '.join(sorted(PRESETS))} "
                       "(or the path of a saved config.json)")
 
@@ -356,8 +371,11 @@ def validate(cfg: TrainConfig) -> None:
     _check(cfg.steps >= 1, f"--steps must be >= 1, got {cfg.steps}")
     _check(cfg.batch_size >= 1, f"--batch_size must be >= 1, got {cfg.batch_size}")
     _check(cfg.log_every >= 1, f"--log_every must be >= 1, got {cfg.log_every}")
-    _check(cfg.peak_tflops is None or cfg.peak_tflops > 0, "--peak_tflops must be positive")
+    _check(cfg.peak_tflops is None or (math.isfinite(cfg.peak_tflops) and cfg.peak_tflops > 0),
+           "--peak_tflops must be positive and finite")
+    _check_numbers(cfg)
     o = cfg.optim
+    _check(o.nonfinite in ("stop", "skip"), f"--optim.nonfinite must be stop or skip, got {o.nonfinite!r}")
     _check(o.lr > 0, f"--optim.lr must be positive, got {o.lr}")
     _check(o.schedule in ("constant", "cosine", "linear"),
            f"--optim.schedule must be constant, cosine or linear, got {o.schedule!r}")
@@ -429,6 +447,32 @@ def validate(cfg: TrainConfig) -> None:
     _check(not (ds.auto and any(given)), "--dist.auto excludes explicit --dist settings")
 
 
+def _check_numbers(cfg: TrainConfig) -> None:
+    """Every float field finite (NaN/inf never reach the optimizer or the data pipeline), ranges where the
+    meaning needs one; integer fields non-negative where a count."""
+    for section in ("optim", "objective", "data", "model", "checkpoint"):
+        sec = getattr(cfg, section)
+        for f in dataclasses.fields(sec):
+            v = getattr(sec, f.name)
+            if isinstance(v, float):
+                _check(math.isfinite(v), f"--{section}.{f.name} must be finite, got {v}")
+    for name in ("steps", "batch_size", "log_every", "seed"):
+        _check(isinstance(getattr(cfg, name), int), f"--{name} must be an integer")
+    _check(cfg.seed >= 0, f"--seed must be >= 0, got {cfg.seed}")
+    o, d = cfg.optim, cfg.data
+    _check(0.0 <= o.b1 < 1.0 and 0.0 <= o.b2 < 1.0, f"--optim.b1 and b2 must be in [0, 1), got {o.b1}, {o.b2}")
+    _check(o.eps > 0, f"--optim.eps must be positive, got {o.eps}")
+    _check(o.weight_decay >= 0, f"--optim.weight_decay must be >= 0, got {o.weight_decay}")
+    _check(0.0 <= o.end_lr_ratio <= 1.0, f"--optim.end_lr_ratio must be in [0, 1], got {o.end_lr_ratio}")
+    _check(0.0 <= d.max_skip_fraction <= 1.0, f"--data.max_skip_fraction must be in [0, 1], got {d.max_skip_fraction}")
+    _check(d.min_attempts >= 1, f"--data.min_attempts must be >= 1, got {d.min_attempts}")
+    _check(d.seed >= 0 and cfg.model.seed >= 0, "--data.seed and --model.seed must be >= 0")
+    _check(d.generate >= 0 and d.generate_frames >= 1 and d.num_workers >= 0,
+           "--data.generate and num_workers must be >= 0, generate_frames >= 1")
+    _check(d.latent_channels >= 1 and all(s >= 1 for s in d.vae_stride),
+           "--data.latent_channels and vae_stride must be >= 1")
+
+
 def check_devices(cfg: TrainConfig, num_devices: int, num_processes: int = 1) -> dict[str, int]:
     """The concrete mesh shape for ``num_devices``; errors for a mesh or batch that does not fit."""
     from yume_jax.train.trainer import resolve_mesh
@@ -449,7 +493,7 @@ def trainer_config(cfg: TrainConfig):
                          grad_accum=cfg.optim.grad_accum, mesh=cfg.mesh.as_dict(), log_every=cfg.log_every,
                          tensorboard=cfg.tensorboard, progress=cfg.progress, peak_tflops=cfg.peak_tflops,
                          checkpoint_every=c.every, max_to_keep=c.max_to_keep, async_save=c.async_save,
-                         log_samples=cfg.data.log_samples)
+                         log_samples=cfg.data.log_samples, nonfinite=cfg.optim.nonfinite)
 
 
 def make_task(cfg: TrainConfig):

@@ -149,7 +149,7 @@ def test_device_errors_before_any_compile(args, message, tmp_path, capsys):
     try:
         rc = cli.main(["--config", "tiny-synthetic", f"--workdir={tmp_path / 'run'}", *args])
         err = capsys.readouterr().err
-        assert rc == 2 and err.startswith("config error: ") and message in err and err.count("\n") == 1
+        assert rc == 2 and err.startswith("python -m train.train: error: ") and message in err and err.count("\n") == 1
         assert compiles == []
         jax.jit(lambda x: x * 3 + 1).lower(np.float32(2)).compile()  # the listener does see compiles
         assert compiles
@@ -161,7 +161,7 @@ def test_device_errors_before_any_compile(args, message, tmp_path, capsys):
 def test_cli_config_error_exit_status(tmp_path):
     r = subprocess.run([sys.executable, "-m", "train.train", "--config", "tiny-sandbox", "--optim.lrr=1",
                         f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "config error: unknown config key --optim.lrr" in r.stderr
+    assert r.returncode == 2 and "python -m train.train: error: unknown config key --optim.lrr" in r.stderr
     assert "Traceback" not in r.stderr
     r = subprocess.run([sys.executable, "-m", "train.train", "--list"], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)

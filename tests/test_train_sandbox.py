@@ -113,4 +113,4 @@ def test_latent_dataset_source(tmp_path):
     r = subprocess.run([sys.executable, "-m", "train.train", "--config", "tiny-sandbox", f"--workdir={tmp_path / 'y'}",
                         f"--data.path={tmp_path / 'empty'}", "--data.generate=0"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and "config error: --data: --data.path=" in r.stderr and "holds no clips" in r.stderr
+    assert r.returncode == 2 and "python -m train.train: error: --data: --data.path=" in r.stderr and "holds no clips" in r.stderr

@@ -10,15 +10,24 @@ last history frame (``yume_jax.load_image_encoder(CLIP_CKPT).encode``; needed to
 I2V channels' gray continuation latents (unless ``--no-gray``), and writes ``OUT/<name>/1.0.0/``. Interrupted? Run the same
 command again: finished samples are kept in ``OUT/_work`` and not encoded twice. Read the result with
 ``yume_jax.data.latents.latent_dataset(OUT/<name>/1.0.0)``.
+
+Guarantees: the dataset directory is complete or absent (TFDS writes it under a temporary name and
+renames it); a rerun into an ``OUT`` whose finished dataset was built with other settings is refused
+(one line, exit 2) and one with the same settings reports the existing dataset; one build per ``OUT``
+at a time (``OUT/.lock``); exit 2 with one line for bad flags, inputs, encoders, unwritable or full
+``OUT``; 130 / 143 after SIGINT / SIGTERM (finished samples are kept); ``--debug`` prints tracebacks.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from yume_jax.core import cli
 
 
 def _encoders(args):
@@ -45,7 +54,7 @@ def _encoders(args):
     return video, text, image
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
     from yume_jax.data import latents, pipeline, sekai
 
     ap = argparse.ArgumentParser(prog="python -m train.build_latents", description=__doc__.split("\n\n")[0])
@@ -73,38 +82,57 @@ def main(argv=None) -> int:
     ap.add_argument("--keep-cache", action="store_true", help="keep OUT/_work after writing the dataset")
     ap.add_argument("--max-samples", type=int, help="stop after encoding this many samples (resumable)")
     args = ap.parse_args(argv)
+    for flag, low in (("height", 1), ("width", 1), ("chunk_frames", 1), ("samples_per_clip", 1), ("seed", 0),
+                      ("max_samples", 1)):
+        v = getattr(args, flag)
+        if v is not None:
+            cli.integer(v, f"--{flag.replace('_', '-')}", low=low, high=1 << 20 if flag != "seed" else 2 ** 32 - 1)
 
     cfg = pipeline.RAW_PRESETS[args.preset]
     over = {k: v for k, v in (("height", args.height), ("width", args.width), ("chunk_frames", args.chunk_frames),
                               ("prompt_style", args.prompt_style)) if v is not None}
     try:
         cfg = cfg.replace(**over)
-        data = sekai.read(args.data, args.layout)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:
+        raise cli.UserError(f"--preset {args.preset} with {over}: {e}") from None
+    if not args.data.is_dir():
+        raise cli.UserError(f"--data {args.data}: not a directory")
+    data = sekai.read(args.data, args.layout)
     print(data.report(), file=sys.stderr)
-    try:
-        video, text, image = _encoders(args)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if not data.clips:
+        raise cli.UserError(f"--data {args.data}: no usable clips ({data.report()}); first problems: "
+                            + "; ".join(data.problems[:3]))
+    video, text, image = _encoders(args)
     ident = json.dumps({"vae": str(Path(args.vae).resolve()), "vae_dtype": args.vae_dtype,
                         "text_encoder": str(Path(args.text_encoder).resolve()), "tokenizer": args.tokenizer,
                         "image_encoder": str(Path(args.image_encoder).resolve()) if args.image_encoder else None})
+    old = signal.signal(signal.SIGTERM, _on_sigterm)  # SIGTERM like Ctrl-C: finished samples stay, exit 143
     try:
         rep = latents.encode_dataset(data, args.out, video, text, cfg, samples_per_clip=args.samples_per_clip,
                                      seed=args.seed, dtype=args.dtype, name=args.name, encoders=ident,
                                      keep_cache=args.keep_cache, max_samples=args.max_samples, image_encoder=image,
                                      gray=False if args.no_gray else None)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        raise cli.Interrupted(signal.SIGINT, f"interrupted; finished samples are kept in {args.out / '_work'}; "
+                              "run the same command to continue") from None
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    if rep.reused:
+        print(f"{rep.path} is already built with these settings ({rep.examples} examples); nothing to do")
+        return 0
     if rep.examples == 0:
         print(f"stopped after {rep.encoded} samples; {rep.problems[0]}; run again to continue", file=sys.stderr)
         return 0
     print(f"wrote {rep.examples} examples to {rep.path} (encoded {rep.encoded} in this run; skipped {rep.skipped})")
     return 0
+
+
+def _on_sigterm(signum, frame):
+    raise cli.Interrupted(signum, "terminated; finished samples are kept; run the same command to continue")
+
+
+def main(argv=None) -> int:
+    return cli.run(_main, argv, prog="python -m train.build_latents")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,11 @@ and stop. Multi-host: ``--dist.coordinator=host:port --dist.num_processes=N --di
 every process (or ``--dist.auto=true`` where jax.distributed detects the cluster); each process reads
 its own disjoint shard of the data.
 
+Exit codes (:mod:`yume_jax.core.cli`): 0 finished; 2 one line for a bad config, path, unwritable or full
+workdir, a workdir in use by another run, a dataset that does not decode, no checkpoint that restores,
+non-finite loss (``--optim.nonfinite=stop``); 130 / 143 stopped by SIGINT / SIGTERM after saving a
+checkpoint (run the same command to resume). ``--debug`` prints tracebacks.
+
 The loop: :mod:`yume_jax.train.trainer`; the task it runs: :mod:`yume_jax.train.tasks.flow`.
 """
 from __future__ import annotations
@@ -22,6 +27,7 @@ import argparse
 import sys
 
 from configs import train as tc
+from yume_jax.core import cli
 
 
 def make_trainer(cfg: tc.TrainConfig):
@@ -35,9 +41,10 @@ def init_jax(cfg: tc.TrainConfig) -> None:
     init(cfg.dist, cfg.compile_cache)
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
     ap = argparse.ArgumentParser(prog="python -m train.train", description=__doc__.split("\n\n")[0],
-                                 epilog="any other --key=value overrides a config field (see configs/train.py)")
+                                 epilog="any other --key=value overrides a config field (see configs/train.py); "
+                                        "--debug: tracebacks")
     ap.add_argument("--config", help="named config (--list) or a saved config.json")
     ap.add_argument("--list", action="store_true", help="list the named configs and exit")
     args, rest = ap.parse_known_args(argv)
@@ -47,16 +54,17 @@ def main(argv=None) -> int:
         return 0
     if not args.config:
         ap.error("--config NAME is required (see --list)")
-    from yume_jax.train.trainer import SetupError
-    try:
-        cfg = tc.resolve(args.config, rest)
-        init_jax(cfg)
-        trainer = make_trainer(cfg)
-    except (tc.ConfigError, SetupError) as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    cfg = tc.resolve(args.config, rest)
+    init_jax(cfg)
+    trainer = make_trainer(cfg)
     trainer.fit()
+    if trainer.interrupted is not None:
+        return cli.interrupted_code(trainer.interrupted)
     return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(_main, argv, prog="python -m train.train")
 
 
 if __name__ == "__main__":

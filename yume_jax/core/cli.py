@@ -139,3 +139,43 @@ def integer(value, flag: str, *, low: int | None = None, high: int | None = None
     if high is not None and v > high:
         raise UserError(f"{flag} must be <= {high}, got {value!r}")
     return v
+
+
+class DirLock:
+    """An exclusive lock on a directory (``<dir>/.lock``, ``flock``): a second run into the same output
+    is refused with one line instead of corrupting it. Released by :meth:`release`, on exit of a ``with``
+    block, and by the kernel when the process dies (no stale locks)."""
+
+    def __init__(self, directory, what: str = "run"):
+        from pathlib import Path
+        self.directory, self.what, self._fh = Path(directory), what, None
+
+    def acquire(self) -> "DirLock":
+        import fcntl
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fh = open(self.directory / ".lock", "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            pid = fh.read().strip() or "?"
+            fh.close()
+            raise UserError(f"{self.directory} is in use by another {self.what} (pid {pid}); wait for it to "
+                            "finish or use another directory") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing drops the flock
+            self._fh = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()

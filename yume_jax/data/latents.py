@@ -23,7 +23,11 @@ Each example is one raw sample (:class:`yume_jax.data.pipeline.RawSample`; clip 
 
 The I2V variant is drawn at build time (it changes the video the VAE sees). Encoding is resumable:
 each finished sample is written atomically to ``OUT/_work/`` and skipped when the build is run again;
-the ArrayRecord files are written from that cache at the end (``OUT/<name>/<version>/``).
+the ArrayRecord files are written from that cache at the end (``OUT/<name>/<version>/``, by TFDS into a
+temporary directory renamed when complete). A finished dataset is never reported for other settings: a
+build into an ``OUT`` whose dataset has another fingerprint is refused (:class:`DataError`), one with the
+same fingerprint is reused. One build per ``OUT`` at a time (``OUT/.lock``); leftovers of killed builds
+(temporary sample files, TFDS' ``incomplete.*`` directories) are removed by the next build.
 """
 from __future__ import annotations
 
@@ -40,8 +44,10 @@ import grain
 import ml_dtypes
 import numpy as np
 
+from yume_jax.core import cli
 from yume_jax.data import pipeline as pl
 from yume_jax.data import sekai
+from yume_jax.data.pipeline import DataError
 
 VERSION = "1.0.0"
 DTYPES = ("float32", "bfloat16")  # bfloat16 is stored as its uint16 bit pattern
@@ -57,6 +63,7 @@ class BuildReport:
     encoded: int  # samples encoded by this run (the rest came from the resume cache)
     skipped: dict
     problems: list
+    reused: bool = False  # the finished dataset was already there with the same fingerprint
 
 
 def _trim(text: np.ndarray) -> np.ndarray:
@@ -77,10 +84,48 @@ def _load(x: np.ndarray) -> np.ndarray:
 def _fingerprint(data: sekai.Dataset, cfg: pl.RawConfig, samples_per_clip: int, seed: int, dtype: str,
                  encoders: str, image_features: bool, gray: bool) -> dict:
     names = [c.name for c in data.clips]
-    return {"root": str(Path(data.root).resolve()), "layout": data.layout, "clips": len(names),
+    return _jsonable({"root": str(Path(data.root).resolve()), "layout": data.layout, "clips": len(names),
             "clip_names_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest(),
             "config": dataclasses.asdict(cfg), "samples_per_clip": samples_per_clip, "seed": seed, "dtype": dtype,
-            "encoders": encoders, "image_features": image_features, "gray": gray}
+            "encoders": encoders, "image_features": image_features, "gray": gray})
+
+
+def _jsonable(x):
+    return json.loads(json.dumps(x))  # tuples -> lists: compares equal to a fingerprint read back from JSON
+
+
+def _changed(old: dict, new: dict) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if k != "skipped" and old.get(k) != new.get(k))
+
+
+def _finished(out: Path, name: str, fp: dict) -> BuildReport | None:
+    """The report of a finished dataset in ``out`` with fingerprint ``fp``; DataError for one with another
+    fingerprint (or unreadable); None when there is none."""
+    final = out / name / VERSION
+    if not (final / "dataset_info.json").is_file():
+        return None
+    try:
+        old = build_info(final)
+        n = len(open_source(final))
+    except Exception as e:  # noqa: BLE001 - any reader failure means: not a dataset we can vouch for
+        raise DataError(f"{final} holds a latent dataset that cannot be read ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}); use another --out or delete it") from None
+    diff = _changed(old, fp)
+    if diff:
+        raise DataError(f"{final} holds a finished build with different settings ({', '.join(diff)}); "
+                        "use another --out or delete it")
+    return BuildReport(final, n, 0, dict(old.get("skipped", {})), [], reused=True)
+
+
+def _clean_leftovers(out: Path, name: str, work: Path):
+    """Remove what killed builds left: temporary sample files and TFDS' incomplete dataset directories."""
+    import shutil
+    if work.is_dir():
+        for p in work.glob(".*.partial-*"):
+            p.unlink(missing_ok=True)
+    if (out / name).is_dir():
+        for p in (out / name).glob(f"incomplete.*_{VERSION}"):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def encode_dataset(data: sekai.Dataset, out, video_encoder: VideoEncoder, text_encoder: TextEncoderFn,
@@ -106,18 +151,32 @@ def encode_dataset(data: sekai.Dataset, out, video_encoder: VideoEncoder, text_e
     if not data.clips:
         raise ValueError(f"no clips in {data.root}")
     out = Path(out)
+    with cli.DirLock(out, "latent build"):
+        return _encode(data, out, video_encoder, text_encoder, cfg, samples_per_clip, seed, dtype, name, encoders,
+                       keep_cache, max_samples, progress, image_encoder, gray)
+
+
+def _encode(data, out: Path, video_encoder, text_encoder, cfg, samples_per_clip, seed, dtype, name, encoders,
+            keep_cache, max_samples, progress, image_encoder, gray) -> BuildReport:
     work = out / "_work"
-    work.mkdir(parents=True, exist_ok=True)
     fp = _fingerprint(data, cfg, samples_per_clip, seed, dtype, encoders, image_encoder is not None, gray)
+    _clean_leftovers(out, name, work)
+    done = _finished(out, name, fp)
+    if done is not None:
+        return done
+    work.mkdir(parents=True, exist_ok=True)
     plan = work / "plan.json"
     if plan.exists():
-        old = json.loads(plan.read_text())
-        if old != fp:
-            diff = sorted(k for k in fp if old.get(k) != fp[k])
-            raise ValueError(f"{work} holds a build with different settings ({', '.join(diff)}); "
-                             "use another --out or delete it")
+        try:
+            old = json.loads(plan.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise DataError(f"{plan} is corrupt ({e}); delete {work} to start the build again") from None
+        if not isinstance(old, dict) or _changed(old, fp):
+            diff = _changed(old, fp) if isinstance(old, dict) else ["(not a JSON object)"]
+            raise DataError(f"{work} holds a build with different settings ({', '.join(diff)}); "
+                            "use another --out or delete it")
     else:
-        plan.write_text(json.dumps(fp, indent=1))
+        _atomic_json(plan, fp)
     fn = pl.RawSample(data.clips, cfg)
     total = len(data.clips) * samples_per_clip
     encoded = 0
@@ -167,12 +226,15 @@ def encode_dataset(data: sekai.Dataset, out, video_encoder: VideoEncoder, text_e
         return BuildReport(out / name / VERSION, 0, encoded, {}, [f"{len(remaining)} samples left to encode"])
     skipped, problems = {}, []
     for p in sorted(work.glob("*.skip.json")):
-        r = json.loads(p.read_text())
+        try:
+            r = json.loads(p.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise DataError(f"{p} is corrupt ({e}); delete it to encode that sample again") from None
         skipped[r["reason"]] = skipped.get(r["reason"], 0) + 1
         problems.append(f"{r['reason']}: {r['clip']}: {r['error']}")
     done = sorted(work.glob("[0-9]*.npz"))
     if not done:
-        raise ValueError(f"no sample could be encoded ({skipped}); see {work}")
+        raise DataError(f"no sample could be encoded ({skipped}); first problems: {'; '.join(problems[:3])}")
     path = _write_tfds(out, name, done, fp, skipped)
     if not keep_cache:
         for p in work.iterdir():
@@ -290,7 +352,14 @@ class LatentSample:
     def __call__(self, index, rng: np.random.Generator) -> dict:
         if self._src is None:
             self._src = open_source(self.path)
-        ex = self._src[int(index)]
+        try:
+            ex = self._src[int(index)]
+            for k in ("latents", "text", "text_speed", "text_len", "num_history_latents"):
+                ex[k]
+        except Exception as e:  # noqa: BLE001 - a record that does not decode is skipped and counted
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            return {pl.SKIP: "bad_record", "clip": int(index),
+                    "error": f"{self.path}: example {int(index)}: {type(e).__name__}: {msg}"[:300]}
         with_speed = bool(rng.random() < self.speed_prob)
         text = _load(ex["text_speed"] if with_speed else ex["text"])
         n = int(ex["text_len"])

@@ -14,7 +14,9 @@ Pipeline (one mechanism for raw clips and latents): indices -> shard for this JA
 ``[index::count]``) -> per-epoch shuffle -> repeat -> ``random_map`` (randomness seeded by seed and
 element index, so the stream is a pure function of the seed, independent of worker count) -> optional
 ``mp_prefetch`` worker processes -> in-process collation that drops and counts skipped samples
-(broken videos, too-short clips) and batches. The iterator's state (``get_state``/``set_state``, JSON
+(broken videos, too-short clips) and batches, and fails fast (:class:`DataError`, naming the first
+problems) when nothing decodes or the skipped fraction exceeds ``max_skip_fraction`` after
+``min_attempts`` samples, so a broken dataset can never spin forever. The iterator's state (``get_state``/``set_state``, JSON
 via :func:`save_state`/:func:`load_state`) includes the skip counters; a restored iterator yields
 exactly the batches the uninterrupted one would have.
 """
@@ -30,11 +32,17 @@ from typing import Any, Callable, Sequence
 import grain
 import numpy as np
 
+from yume_jax.core.cli import UserError
 from yume_jax.camera import ALL_ACTIONS, Action, Speed, prompt, quantize, speed
 from yume_jax.data import sekai
 from yume_jax.data import video as vio
 
 SKIP = "_skip"
+
+
+class DataError(UserError):
+    """A dataset that cannot feed training: nothing decodes, or too many samples are skipped (the message
+    names the first problems: file and reason)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +65,18 @@ class RawConfig:
         return dataclasses.replace(self, **kw)
 
     def __post_init__(self):
+        for f in ("chunk_frames", "height", "width", "history_min", "history_max_short", "history_max_long",
+                  "i2v_history"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ValueError(f"{f} must be an integer, got {v!r}")
+        if self.height < 1 or self.width < 1:
+            raise ValueError(f"height and width must be >= 1, got {self.height}x{self.width}")
+        for f in ("history_short_prob", "i2v_prob", "speed_prob"):
+            if not 0.0 <= float(getattr(self, f)) <= 1.0:  # also rejects NaN
+                raise ValueError(f"{f} must be a probability in [0, 1], got {getattr(self, f)!r}")
+        if not (0.0 < float(self.speed_fps) < float("inf")):
+            raise ValueError(f"speed_fps must be positive and finite, got {self.speed_fps!r}")
         if self.chunk_frames < 1 or self.chunk_frames % 4 != 1:
             raise ValueError(f"chunk_frames must be 4n+1, got {self.chunk_frames}")
         if self.i2v_history % 4:
@@ -88,6 +108,8 @@ class LoaderConfig:
     worker_buffer: int = 2  # elements buffered per worker process
     read_threads: int = 2  # threads decoding ahead inside each process (PyAV releases the GIL)
     read_buffer: int = 4  # elements decoded ahead per process (each can be large: keep small)
+    max_skip_fraction: float = 0.5  # fail when more than this fraction of the samples tried was skipped ...
+    min_attempts: int = 32  # ... once this many were tried (nothing decoding at all fails at this count too)
 
     def replace(self, **kw) -> "LoaderConfig":
         return dataclasses.replace(self, **kw)
@@ -130,7 +152,8 @@ class RawSample:
         info = self.clips[index]
         ch = self.choose(info, rng)
         if ch is None:
-            return {SKIP: "too_short", "clip": index}
+            return {SKIP: "too_short", "clip": index,
+                    "error": f"{info.video}: {info.num_frames} frames < chunk_frames={self.cfg.chunk_frames}"}
         c, T, s = self.cfg, self.cfg.chunk_frames, ch["start"]
         size = (c.height, c.width)
         try:
@@ -195,12 +218,35 @@ def collate(items: list[dict], video_key: str = "video", history_key: str = "num
 
 
 class _CollateIterator(grain.DatasetIterator):
-    def __init__(self, parent, batch_size: int, drop_remainder: bool, collate_fn: Callable):
+    def __init__(self, parent, batch_size: int, drop_remainder: bool, collate_fn: Callable,
+                 max_skip_fraction: float = 1.0, min_attempts: int = 32):
         super().__init__(parent)
         self._bs, self._drop, self._collate = batch_size, drop_remainder, collate_fn
+        self._max_frac, self._min_attempts = max_skip_fraction, max(int(min_attempts), 1)
         self.skipped: collections.Counter = collections.Counter()
         self.problems: list[str] = []
         self.samples = 0
+
+    @property
+    def attempts(self) -> int:
+        """Samples tried so far (yielded + skipped), including those of a restored state."""
+        return self.samples + sum(self.skipped.values())
+
+    def _check(self, decoded: int):
+        """DataError when nothing decoded or too many samples were skipped (after ``min_attempts``)."""
+        n, bad = self.attempts + decoded, sum(self.skipped.values())
+        if n < self._min_attempts:
+            return
+        if self.samples + decoded == 0:
+            what = f"no sample decodes ({bad} tried)"
+        elif bad / n > self._max_frac:
+            what = (f"{bad} of {n} samples skipped ({100 * bad / n:.0f}% > max_skip_fraction="
+                    f"{self._max_frac:g})")
+        else:
+            return
+        causes = ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items()))
+        first = "; ".join(self.problems[:3])
+        raise DataError(f"{what}: {causes}; first problems: {first}")
 
     def __next__(self):
         items = []
@@ -215,6 +261,7 @@ class _CollateIterator(grain.DatasetIterator):
                 self.skipped[x[SKIP]] += 1
                 if len(self.problems) < 1000:
                     self.problems.append(f"{x[SKIP]}: item {x.get('clip')}: {x.get('error', '')}")
+                self._check(len(items))
                 continue
             items.append(x)
         self.samples += len(items)
@@ -233,9 +280,10 @@ class _CollateIterator(grain.DatasetIterator):
 
 
 class _Collate(grain.IterDataset):
-    def __init__(self, parent, batch_size: int, drop_remainder: bool, collate_fn: Callable):
+    def __init__(self, parent, batch_size: int, drop_remainder: bool, collate_fn: Callable,
+                 max_skip_fraction: float = 1.0, min_attempts: int = 32):
         super().__init__(parent)
-        self._args = (batch_size, drop_remainder, collate_fn)
+        self._args = (batch_size, drop_remainder, collate_fn, max_skip_fraction, min_attempts)
 
     def __iter__(self):
         return _CollateIterator(self._parent.__iter__(), *self._args)
@@ -264,6 +312,8 @@ def build(num_items: int, sample_fn: Callable[[int, np.random.Generator], dict],
         flags.FLAGS.mark_as_parsed()
     if loader.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {loader.batch_size}")
+    if not 0.0 <= float(loader.max_skip_fraction) <= 1.0:
+        raise ValueError(f"max_skip_fraction must be in [0, 1], got {loader.max_skip_fraction!r}")
     ds = grain.MapDataset.range(num_items)[shard_index::shard_count]
     if len(ds) == 0:
         raise ValueError(f"shard {shard_index}/{shard_count} of {num_items} items is empty")
@@ -275,7 +325,23 @@ def build(num_items: int, sample_fn: Callable[[int, np.random.Generator], dict],
     if loader.num_workers > 0:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=loader.num_workers,
                                                          per_worker_buffer_size=loader.worker_buffer))
-    return _Collate(it, loader.batch_size, loader.drop_remainder, collate_fn)
+    return _Collate(it, loader.batch_size, loader.drop_remainder, collate_fn, loader.max_skip_fraction,
+                    loader.min_attempts)
+
+
+def skip_stats(iterator) -> tuple[int, dict[str, int]] | None:
+    """(samples tried, skipped per cause) of the pipeline under ``iterator`` (found through the chain of
+    parent iterators, e.g. below a ``.map``), or None for an iterator not built by :func:`build`."""
+    seen, todo = set(), [iterator]
+    while todo:
+        it = todo.pop()
+        if id(it) in seen:
+            continue
+        seen.add(id(it))
+        if isinstance(it, _CollateIterator):
+            return it.attempts, dict(it.skipped)
+        todo.extend(getattr(it, "_parents", ()) or ())
+    return None
 
 
 def raw_dataset(data: sekai.Dataset | Sequence[sekai.ClipInfo], cfg: RawConfig = RawConfig(),

@@ -170,6 +170,28 @@ def _find(name: str, bases: Iterable[Path]) -> Path:
     return next(iter(bases)) / p
 
 
+class _BadCsv(ValueError):
+    pass
+
+
+def _read_csv(path: Path) -> tuple[list[tuple[int, dict]], list[str]]:
+    """(line number, row) of every row and the header of one CSV, read whole before any row is used, so a
+    file that fails half way (not UTF-8, malformed quoting, unreadable) contributes no clips; _BadCsv names
+    the file and the problem."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            fields = list(reader.fieldnames or ())
+            rows = [(reader.line_num, row) for row in reader]
+    except UnicodeDecodeError as e:
+        raise _BadCsv(f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r})") from None
+    except csv.Error as e:
+        raise _BadCsv(f"{path}: malformed CSV ({e})") from None
+    except OSError as e:
+        raise _BadCsv(f"{path}: {e.strerror or type(e).__name__}") from None
+    return rows, fields
+
+
 def read_sekai(root, csv_files=None, check_videos: bool = True, min_frames: int = 2) -> Dataset:
     """Index an official-layout Sekai split (default CSVs: root/train/*.csv, else root/*.csv)."""
     root = Path(root)
@@ -180,38 +202,44 @@ def read_sekai(root, csv_files=None, check_videos: bool = True, min_frames: int 
         raise ValueError(f"no annotation CSV under {root}/train or {root}")
     tally, clips = _Tally(), []
     for cf in csv_files:
-        with open(cf, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            missing = {"videoFile", "cameraFile"} - set(reader.fieldnames or ())
-            if missing:
-                raise ValueError(f"{cf}: CSV header lacks column(s) {sorted(missing)}; has {reader.fieldnames}")
-            bases = [root, root / "videos", root / "cameras", cf.parent, cf.parent.parent]
-            for lineno, row in enumerate(reader, start=2):
-                where = f"{cf}:{lineno}"
-                if None in row or any(v is None for v in row.values()):
-                    tally.skip("bad_row", f"{where}: {len(reader.fieldnames)} columns expected")
-                    continue
-                vf, cam = row["videoFile"].strip(), row["cameraFile"].strip()
-                if not vf.endswith(".mp4") or not cam.endswith(".npz"):
-                    tally.skip("bad_row", f"{where}: videoFile {vf!r} / cameraFile {cam!r}")
-                    continue
-                vpath, ppath = _find(vf, bases), _find(cam, bases)
-                n_pose = _poses_len(ppath, tally)
-                if n_pose is None:
-                    continue
-                info = _probe(vpath, check_videos, tally)
-                if info is None:
-                    continue
-                n = min(info.num_frames, n_pose)
-                if check_videos and info.num_frames != n_pose:
-                    tally.notes["frame_pose_mismatch"] += 1
-                if n < min_frames:
-                    tally.skip("too_short", f"{where}: {n} usable frames")
-                    continue
-                meta = tuple((k, v) for k, v in row.items() if k not in ("videoFile", "cameraFile", "caption"))
-                clips.append(ClipInfo(name=Path(vf).stem, layout="sekai", video=vpath, poses=ppath, num_frames=n,
-                                      fps=info.fps, caption=row.get("caption", "") or "", history_video=vpath,
-                                      history_offset=0, meta=meta))
+        try:
+            rows, fields = _read_csv(cf)
+        except _BadCsv as e:
+            tally.skip("bad_csv", str(e))  # this file only; the other CSVs are still read
+            continue
+        missing = {"videoFile", "cameraFile"} - set(fields)
+        if missing:
+            tally.skip("bad_csv", f"{cf}: CSV header lacks column(s) {sorted(missing)}; has {fields}")
+            continue
+        bases = [root, root / "videos", root / "cameras", cf.parent, cf.parent.parent]
+        for lineno, row in rows:
+            where = f"{cf}:{lineno}"
+            if None in row or any(v is None for v in row.values()):
+                tally.skip("bad_row", f"{where}: {len(fields)} columns expected")
+                continue
+            vf, cam = row["videoFile"].strip(), row["cameraFile"].strip()
+            if not vf.endswith(".mp4") or not cam.endswith(".npz"):
+                tally.skip("bad_row", f"{where}: videoFile {vf!r} / cameraFile {cam!r}")
+                continue
+            vpath, ppath = _find(vf, bases), _find(cam, bases)
+            n_pose = _poses_len(ppath, tally)
+            if n_pose is None:
+                continue
+            info = _probe(vpath, check_videos, tally)
+            if info is None:
+                continue
+            n = min(info.num_frames, n_pose)
+            if check_videos and info.num_frames != n_pose:
+                tally.notes["frame_pose_mismatch"] += 1
+            if n < min_frames:
+                tally.skip("too_short", f"{where}: {n} usable frames")
+                continue
+            meta = tuple((k, v) for k, v in row.items() if k not in ("videoFile", "cameraFile", "caption"))
+            clips.append(ClipInfo(name=Path(vf).stem, layout="sekai", video=vpath, poses=ppath, num_frames=n,
+                                  fps=info.fps, caption=row.get("caption", "") or "", history_video=vpath,
+                                  history_offset=0, meta=meta))
+    if not clips and tally.skipped.get("bad_csv") == len(csv_files):
+        raise ValueError("no annotation CSV could be read: " + "; ".join(tally.problems[:3]))
     return Dataset(root, "sekai", clips, tally.skipped, tally.problems, tally.notes)
 
 

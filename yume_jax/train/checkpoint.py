@@ -8,17 +8,27 @@ process has finished (Orbax's atomic finalisation, marked by ``commit_success.tx
 system needs it): a run killed at any moment leaves either a complete step directory or a temporary
 one that :meth:`Checkpointer.latest_step` ignores and the next manager removes.
 
+A step that does not restore (corrupt or truncated files) is reported by :meth:`Checkpointer.restore_latest`,
+which falls back to the newest step that does and moves the newer broken ones out of the manager's
+directory to ``<dir>.corrupt/<step>`` (kept for inspection, never deleted), so later saves of those
+steps are possible and a broken step can never be the "latest" again.
+
 Restore takes ShapeDtypeStructs with shardings, so a checkpoint saved on one mesh restores onto any
 other mesh shape (Orbax reads each new shard's slice).
 """
 from __future__ import annotations
 
+import json
+import shutil
+import time
 from pathlib import Path
 
 import grain.checkpoint as grain_ckpt
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from yume_jax.core.cli import UserError
 
 
 class Checkpointer:
@@ -53,12 +63,68 @@ class Checkpointer:
         out = self.manager.restore(step, args=ocp.args.Composite(**items))
         return out["state"]
 
+    def restore_latest(self, abstract_state, data_iterator_factory=None, log=print, move_broken: bool = True):
+        """(step, state, data iterator) of the newest step that restores, or (None, None, None) when there is
+        no complete step. Each broken newer step is reported in one line (``log``) and, once an older step
+        restored, moved to ``<dir>.corrupt/``. ``data_iterator_factory()`` gives a fresh iterator for each
+        attempt. RestoreError (naming every step and why) when steps exist but none restores."""
+        failed = []
+        for step in sorted(self.all_steps(), reverse=True):
+            it = data_iterator_factory() if data_iterator_factory is not None else None
+            try:
+                state = self.restore(step, abstract_state, it)
+            except Exception as e:  # noqa: BLE001 - whatever a broken checkpoint raises (Orbax, TensorStore, JSON)
+                why = _one_line(e)
+                log(f"checkpoint {self.directory / str(step)} does not restore ({why}); trying the previous one")
+                failed.append((step, why))
+                continue
+            if failed and move_broken:
+                for s, _ in failed:
+                    dest = self.move_aside(s)
+                    log(f"moved the broken checkpoint {self.directory / str(s)} to {dest}")
+                self.manager.reload()
+            return step, state, it
+        if failed:
+            raise RestoreError(f"no checkpoint in {self.directory} restores ("
+                               + "; ".join(f"step {s}: {w}" for s, w in failed)
+                               + f"); move {self.directory} away to start from scratch")
+        return None, None, None
+
+    def move_aside(self, step: int) -> Path:
+        """Move step ``step`` to ``<dir>.corrupt/<step>-<time>`` (nothing is deleted)."""
+        dest_dir = self.directory.with_name(self.directory.name + ".corrupt")
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        dest = dest_dir / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        shutil.move(str(self.directory / str(step)), str(dest))
+        return dest
+
     def wait(self):
         self.manager.wait_until_finished()
 
     def close(self):
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+class RestoreError(UserError):
+    """Checkpoints exist but none restores."""
+
+
+def _one_line(e: BaseException, limit: int = 240) -> str:
+    msg = " ".join(str(e).split()) or type(e).__name__
+    msg = f"{type(e).__name__}: {msg}" if type(e).__name__ not in msg else msg
+    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
+
+
+class FrozenIterator:
+    """A data-iterator state captured earlier, saved in its place (Grain's handler calls ``get_state``):
+    for a save after the live iterator moved past (or was interrupted inside) the batch of that step."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def get_state(self) -> bytes:
+        return json.dumps(self.state, indent=4).encode()
 
 
 def read_state(directory, step: int | None = None) -> tuple[int, dict]:

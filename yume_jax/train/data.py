@@ -170,8 +170,14 @@ def describe(d, raw: pl.RawConfig, dit, path: Path | None) -> Shapes:
     if path is None or not Path(path).is_dir():
         raise ValueError(f"--data.path={path} is not a latent dataset directory (python -m train.build_latents "
                          "writes OUT/<name>/<version>)")
-    info = latents.build_info(path)
-    ex = latents.open_source(path)[0]
+    try:
+        info = latents.build_info(path)
+        ex = latents.open_source(path)[0]
+        ex["latents"], ex["text"]
+    except Exception as e:  # noqa: BLE001 - TFDS / ArrayRecord / JSON errors of a damaged dataset
+        msg = " ".join(str(e).split())[:240] or type(e).__name__
+        raise ValueError(f"--data.path={path} is not a readable latent dataset ({type(e).__name__}: {msg}); "
+                         "rebuild it with python -m train.build_latents") from None
     z, _, h, w = ex["latents"].shape
     text_dim, text_len = ex["text"].shape[-1], int(ex["text_len"])
     chunk = (info["config"]["chunk_frames"] - 1) // st + 1
@@ -221,7 +227,9 @@ def dataset(d, raw: pl.RawConfig, dit, batch_size: int, shard_index: int, shard_
     """The batches of this process (``batch_size`` = its share of one optimizer step) for data section
     ``d`` (``configs.train.DataConfig``), raw-clip config ``raw`` and model ``dit``."""
     from yume_jax.data import sekai
-    loader = pl.LoaderConfig(seed=d.seed, batch_size=batch_size, num_workers=d.num_workers)
+    loader = pl.LoaderConfig(seed=d.seed, batch_size=batch_size, num_workers=d.num_workers,
+                             max_skip_fraction=getattr(d, "max_skip_fraction", 0.5),
+                             min_attempts=getattr(d, "min_attempts", 32))
     image = (d.image_tokens, dit.image_dim) if dit.image_dim is not None else None
     if d.source == "synthetic":
         st, sh, sw = d.vae_stride

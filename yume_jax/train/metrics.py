@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 from yume_jax.models import masking, memory
@@ -80,20 +81,50 @@ def train_flops(fwd: dict[str, float]) -> float:
     return 3.0 * (fwd["plain"] + fwd["masked"])
 
 
-class Sinks:
-    """metrics.jsonl (every step) and TensorBoard scalars, written by process 0 only."""
+def truncate_jsonl(path: Path, last_step: int) -> int:
+    """Keep the records of ``path`` with ``step <= last_step`` (a resumed run redoes the later ones) and
+    drop lines a kill cut short; rewritten atomically (temporary file + rename). Returns the lines dropped."""
+    if not path.is_file():
+        return 0
+    keep, dropped = [], 0
+    with open(path, "rb") as fh:
+        for line in fh:
+            try:
+                rec = json.loads(line)
+                ok = isinstance(rec, dict) and int(rec["step"]) <= last_step and line.endswith(b"\n")
+            except (ValueError, KeyError, TypeError):
+                ok = False
+            if ok:
+                keep.append(line)
+            else:
+                dropped += 1
+    if dropped:
+        tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        with open(tmp, "wb") as fh:
+            fh.writelines(keep)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    return dropped
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool):
+
+class Sinks:
+    """metrics.jsonl (every step) and TensorBoard scalars, written by process 0 only. ``start_step``: the
+    step the run starts from; records of later steps (from a run that went past its last checkpoint) are
+    dropped from metrics.jsonl and purged from TensorBoard, so each step appears once."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, start_step: int = 0):
         self.enabled = enabled
         self.jsonl = None
         self.tb = None
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
+        truncate_jsonl(run_dir / "metrics.jsonl", start_step)
         self.jsonl = open(run_dir / "metrics.jsonl", "a")
         if tensorboard:
             from tensorboardX import SummaryWriter
-            self.tb = SummaryWriter(str(run_dir / "tb"))
+            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
 
     def write(self, step: int, values: dict[str, float]):
         if not self.enabled:
@@ -111,7 +142,7 @@ class Sinks:
                 self.tb.flush()
 
     def close(self):
-        if self.enabled:
+        if self.enabled and not self.jsonl.closed:
             self.jsonl.close()
             if self.tb is not None:
                 self.tb.close()

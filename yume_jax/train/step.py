@@ -8,6 +8,12 @@ index)), so a restarted run draws exactly what the uninterrupted one drew.
 
 Gradients are constrained to the parameter shardings (a reduce-scatter under FSDP) and averaged over
 the micro-batches in float32.
+
+Non-finite guard (:func:`guard_nonfinite`, inside every jitted step): when the step's ``loss`` or
+``grad_norm`` is NaN/inf, every model entry of the state (parameters, optimizer state, EMA) keeps its
+value from before the step (a select on one scalar predicate, fused with the update; no host sync) and
+the metrics carry ``nonfinite`` = 1. The trainer then stops (``nonfinite=stop``) or counts the skipped
+step (``nonfinite=skip``).
 """
 from __future__ import annotations
 
@@ -69,12 +75,44 @@ def apply_gradients(entry: dict, grads, optimizer: optax.GradientTransformation,
     return new
 
 
+GUARDED = ("loss", "grad_norm")  # the metrics whose finiteness decides whether a step is applied
+KEEP = ("step", "rng")  # state entries that advance even on a skipped step (data position, schedule, noise)
+
+
+def finite_metrics(metrics: dict) -> jax.Array:
+    """True when the guarded metrics (``loss``, ``grad_norm``; every float metric if neither is there) are
+    finite."""
+    keys = [k for k in GUARDED if k in metrics] or [k for k, v in metrics.items()
+                                                    if jnp.issubdtype(jnp.asarray(v).dtype, jnp.floating)]
+    ok = jnp.bool_(True)
+    for k in keys:
+        ok = ok & jnp.all(jnp.isfinite(metrics[k]))
+    return ok
+
+
+def guard_nonfinite(old, new, metrics: dict) -> tuple[Any, dict]:
+    """(state, metrics) of a step with the non-finite guard: the model entries of ``new`` where the
+    metrics are finite, else those of ``old`` (``step``/``rng`` advance either way); ``nonfinite`` added."""
+    ok = finite_metrics(metrics)
+
+    def pick(a, b):
+        return jax.tree.map(lambda x, y: jnp.where(ok, y, x), a, b)
+
+    if isinstance(new, dict) and isinstance(old, dict):
+        out = {k: (v if k in KEEP or k not in old else pick(old[k], v)) for k, v in new.items()}
+    else:
+        out = pick(old, new)
+    return out, {**metrics, "nonfinite": jnp.where(ok, 0.0, 1.0).astype(jnp.float32)}
+
+
 def jit_step(step: Callable[[Any, dict], tuple[Any, dict]], mesh, state_sh, batch_sh) -> Callable:
     """jit(state, batch) -> (state, metrics): state donated and kept in its shardings, metrics
-    replicated, ``mesh`` active while tracing (for the model's activation constraints)."""
+    replicated, ``mesh`` active while tracing (for the model's activation constraints), the non-finite
+    guard applied (:func:`guard_nonfinite`)."""
     def traced(state, batch):
         with sharding.use_mesh(mesh):
-            return step(state, batch)
+            new, metrics = step(state, batch)
+            return guard_nonfinite(state, new, metrics)
 
     rep = NamedSharding(mesh, P())
     return jax.jit(traced, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep), donate_argnums=(0,))
