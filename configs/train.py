@@ -251,6 +251,7 @@ def _sandbox_vae() -> TrainConfig:
     architecture, base width 16) on 96x160 sandbox walks rendered on the device; one H200."""
     return TrainConfig(
         name="sandbox-vae", task="vae", steps=6000, batch_size=32, log_every=100, progress=True,
+        mesh=MeshConfig(data=-1, fsdp=1),
         vae=VAETaskConfig(preset="sandbox-2.1", frames=9, clips=1024, clip_frames=48, world="default"),
         optim=OptimConfig(lr=1e-3, schedule="cosine", warmup_steps=200, weight_decay=0.0, end_lr_ratio=0.05,
                           b2=0.99, clip_norm=1.0, ema_decay=0.999),
@@ -260,7 +261,8 @@ def _sandbox_vae() -> TrainConfig:
 def _tiny_vae() -> TrainConfig:
     """The VAE task at test size: tiny-2.1 on 48x80 walks (CPU)."""
     return TrainConfig(
-        name="tiny-vae", task="vae", steps=4, batch_size=2, log_every=1, progress=False, tensorboard=False,
+        name="tiny-vae", task="vae", steps=4, batch_size=8, log_every=1, progress=False, tensorboard=False,
+        mesh=MeshConfig(data=-1, fsdp=1),
         vae=VAETaskConfig(preset="tiny-2.1", frames=5, clips=2, clip_frames=8, world="tiny", dtype="float32"),
         optim=OptimConfig(lr=1e-3, weight_decay=0.0, ema_decay=0.9),
         checkpoint=CheckpointConfig(every=2, max_to_keep=2))
