@@ -84,15 +84,15 @@ def _losses(workdir):
 def test_cli_resume_on_another_mesh(tmp_path):
     cache = tmp_path / "cache"
     a = tmp_path / "a"
-    _cli(a, cache, "--steps=3", "--mesh.fsdp=8")
+    _cli(a, cache, "--steps=2", "--mesh.fsdp=8")
     b = tmp_path / "b"
     shutil.copytree(a, b)
-    _cli(a, cache, "--steps=5", "--mesh.fsdp=8")  # continue on the same mesh
-    err = _cli(b, cache, "--steps=5", "--mesh.fsdp=2", "--mesh.tensor=2", "--mesh.data=2")  # on another mesh
+    _cli(a, cache, "--steps=3", "--mesh.fsdp=8")  # continue on the same mesh
+    err = _cli(b, cache, "--steps=3", "--mesh.fsdp=2", "--mesh.tensor=2", "--mesh.data=2")  # on another mesh
     assert "resumed from" in err and "config differs" in err and "mesh.tensor" in err
     la, lb = _losses(a), _losses(b)
-    assert sorted(la) == sorted(lb) == [1, 2, 3, 4, 5]
-    np.testing.assert_allclose([lb[s] for s in (4, 5)], [la[s] for s in (4, 5)], rtol=1e-5)
+    assert sorted(la) == sorted(lb) == [1, 2, 3]
+    np.testing.assert_allclose([lb[3]], [la[3]], rtol=1e-5)
     _, sa = ck.read_state(a / "checkpoints")
     _, sb = ck.read_state(b / "checkpoints")
     pa, pb = Pm.flatten(sa["dit"]["params"]), Pm.flatten(sb["dit"]["params"])

@@ -38,6 +38,7 @@ WORKER = textwrap.dedent('''
         f"--dist.coordinator=127.0.0.1:{port}", "--dist.num_processes=2", f"--dist.process_id={pid}"])
     init_jax(cfg)
     import jax
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # the relaunch compiles nothing
     assert jax.process_count() == 2 and jax.local_device_count() == 4 and jax.device_count() == 8
     state = make_trainer(cfg).fit()
     out = {}
@@ -81,35 +82,35 @@ def _samples(run: Path, pid: int) -> list[dict]:
 @pytest.mark.slow
 def test_two_processes_identical_params_disjoint_data(tmp_path):
     run = tmp_path / "run"
-    outs = _launch(tmp_path, 4)
-    assert "done: step 4" in outs[0]
+    outs = _launch(tmp_path, 2)
+    assert "done: step 2" in outs[0]
     p0, p1 = (dict(np.load(run / f"params.p{i}.npz")) for i in range(2))
     assert p0.keys() == p1.keys()
     for k in p0:
         assert not np.isnan(p0[k]).any(), f"process 0 lacks a full replica of {k}"
         assert np.array_equal(p0[k], p1[k]), k
     step, saved = ck.read_state(run / "checkpoints")
-    assert step == 4
+    assert step == 2
     for k, v in Pm.flatten(saved["dit"]["params"]).items():
         assert np.array_equal(v, p0[k]), k
     # each process has its own Grain iterator state in the checkpoint
-    files = sorted(f for f in os.listdir(run / "checkpoints" / "4" / "data") if f.startswith("process_"))
+    files = sorted(f for f in os.listdir(run / "checkpoints" / "2" / "data") if f.startswith("process_"))
     assert files == ["process_0-of-2.json", "process_1-of-2.json"]
 
     # the data: 4 local samples per step and process, clips disjoint between the processes
     s0, s1 = _samples(run, 0), _samples(run, 1)
-    assert [r["step"] for r in s0] == [r["step"] for r in s1] == [1, 2, 3, 4]
+    assert [r["step"] for r in s0] == [r["step"] for r in s1] == [1, 2]
     assert all(len(r["clip"]) == 4 for r in s0 + s1)
     c0, c1 = {c for r in s0 for c in r["clip"]}, {c for r in s1 for c in r["clip"]}
     assert c0 and c1 and not (c0 & c1)
     assert all(c % 2 == 0 for c in c0) and all(c % 2 == 1 for c in c1)  # Grain shards [i::2] of the clip list
 
-    # a second launch resumes both processes from step 4 and continues to 6
-    outs = _launch(tmp_path, 6)
-    assert "resumed from" in outs[0] and "done: step 6" in outs[0]
+    # a second launch resumes both processes from step 2 and continues to 4
+    outs = _launch(tmp_path, 4)
+    assert "resumed from" in outs[0] and "done: step 4" in outs[0]
     q0, q1 = (dict(np.load(run / f"params.p{i}.npz")) for i in range(2))
     assert all(np.array_equal(q0[k], q1[k]) for k in q0)
     assert any(not np.array_equal(q0[k], p0[k]) for k in q0)
     s0, s1 = _samples(run, 0), _samples(run, 1)
-    assert [r["step"] for r in s0][-2:] == [5, 6]
+    assert [r["step"] for r in s0][-2:] == [3, 4]
     assert not ({c for r in s0 for c in r["clip"]} & {c for r in s1 for c in r["clip"]})

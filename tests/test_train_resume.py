@@ -21,8 +21,10 @@ import pytest
 from yume_jax.train import checkpoint as ck
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["--config", "tiny-synthetic", "--steps=24", "--checkpoint.every=3", "--checkpoint.max_to_keep=2",
-        "--log_every=1", "--progress=false", "--tensorboard=false", "--optim.ema_decay=0.5", "--optim.grad_accum=2"]
+STEPS = 15  # saves at 3, 6, ...: a kill in the save of 6 or 9 leaves room for the SIGTERM stop before the end
+ARGS = ["--config", "tiny-synthetic", f"--steps={STEPS}", "--model.dit.num_layers=1", "--checkpoint.every=3",
+        "--checkpoint.max_to_keep=2", "--log_every=1", "--progress=false", "--tensorboard=false",
+        "--optim.ema_decay=0.5", "--optim.grad_accum=2"]
 
 
 def _env():
@@ -78,14 +80,14 @@ def test_kill_during_save_and_sigterm_resume_bit_exact(tmp_path):
     cache = tmp_path / "xla_cache"
     ref, run = tmp_path / "ref", tmp_path / "run"
     out = _finish(_start(ref, cache))
-    assert "done: step 24" in out
+    assert f"done: step {STEPS}" in out
 
     # 1) SIGKILL while a checkpoint save is in flight (its Orbax temporary directory exists)
     killed_in_save = False
     for _ in range(3):
         p = _start(run, cache)
         ckdir = run / "checkpoints"
-        seen = _wait_for(lambda: _steps_done(run) >= 4 and bool(ck.tmp_dirs(ckdir)), p)
+        seen = _wait_for(lambda: bool(ck.tmp_dirs(ckdir)) and _steps_done(run) >= 4, p)  # cheap check first
         p.send_signal(signal.SIGKILL)
         p.communicate()
         if seen and ck.tmp_dirs(ckdir):
@@ -108,19 +110,19 @@ def test_kill_during_save_and_sigterm_resume_bit_exact(tmp_path):
     assert f"resumed from {ckdir / str(max(complete))}" in out if complete else True
     assert "stopped by signal at step" in out, out[-2000:]
     stopped = int(out.split("stopped by signal at step ")[1].split(";")[0])
-    assert stopped < 24 and (ckdir / str(stopped)).is_dir()
+    assert stopped < STEPS and (ckdir / str(stopped)).is_dir()
     assert not ck.tmp_dirs(ckdir)  # the resumed manager removed the killed save's leftovers
 
     # 3) resume to the end
     out = _finish(_start(run, cache))
-    assert f"resumed from {ckdir / str(stopped)}" in out and "done: step 24" in out
+    assert f"resumed from {ckdir / str(stopped)}" in out and f"done: step {STEPS}" in out
 
     a, b = _curve(ref), _curve(run)
-    assert sorted(a) == sorted(b) == list(range(1, 25))
+    assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
     assert [a[s] for s in a] == [b[s] for s in a]  # bit-exact loss curve (float32 values written exactly)
     sa, ta = ck.read_state(ref / "checkpoints")
     sb, tb = ck.read_state(run / "checkpoints")
-    assert sa == sb == 24 and int(ta["step"]) == 24
+    assert sa == sb == STEPS and int(ta["step"]) == STEPS
     la, lb = _leaves(ta), _leaves(tb)
     assert la.keys() == lb.keys() and "rng" in la
     assert {"dit/params", "dit/opt_state", "dit/ema"} <= {"/".join(k.split("/")[:2]) for k in la}
