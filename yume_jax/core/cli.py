@@ -16,10 +16,12 @@
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
 import sys
+import threading
 import traceback
 from typing import Callable, Sequence
 
@@ -139,3 +141,23 @@ def integer(value, flag: str, *, low: int | None = None, high: int | None = None
     if high is not None and v > high:
         raise UserError(f"{flag} must be <= {high}, got {value!r}")
     return v
+
+
+@contextlib.contextmanager
+def signals_raise(signums: Sequence[int] = (signal.SIGTERM, signal.SIGHUP)):
+    """Within the block, ``signums`` raise :class:`Interrupted` (like SIGINT raises KeyboardInterrupt), so
+    ``finally`` / ``except BaseException`` clean-ups run (temporary directories removed) and :func:`run`
+    exits 128 + signum. Only in the main thread (elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(signum, f"interrupted by {signal.Signals(signum).name}; nothing half-written was kept")
+
+    old = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
