@@ -287,3 +287,27 @@ def fill(abstract, source: TensorSource | Mapping[str, np.ndarray], *, dtype=Non
         raise CheckpointError(f"unexpected key (not part of the model; {len(unknown)} in all)", file=where,
                               key=unknown[0])
     return out
+
+
+@contextlib.contextmanager
+def output_lock(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive advisory lock (``.NAME.lock`` beside ``path``) while a run writes ``path``: a second
+    run into the same output fails at once with a one-line error instead of interleaving its files with the
+    first one's. The lock dies with the process (kill -9 included); the small lock file stays."""
+    import fcntl
+
+    from yume_jax.core.cli import UserError
+
+    path = Path(path)
+    lock = path.with_name(f".{path.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{path}: another run is writing this output (lock {lock} is held); "
+                            "wait for it or choose another output") from None
+        yield lock
+    finally:
+        os.close(fd)
