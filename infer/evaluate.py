@@ -92,11 +92,7 @@ def check_spec(s) -> None:
 
 
 def run(a) -> int:
-    from tqdm import tqdm
-
-    from infer.explore import default_pipeline_dir
-    from yume_jax.camera import parse_keys
-    from yume_jax.eval import bench, harness, report
+    from yume_jax.eval import harness
 
     base = harness.RunSpec(name="pipeline", checkpoint=a.checkpoint, steps=a.steps, sampler=a.sampler, cfg=a.cfg,
                            aam=a.aam, cache=a.cache, history_mode=a.history_mode, chunk_frames=a.chunk_frames,
@@ -174,7 +170,8 @@ def _evaluate(a, specs, out) -> int:
 
 
 def main(argv=None) -> int:
-    return cli.run(lambda args: run(parse_args(args)), argv, prog="python -m infer.evaluate")
+    with cli.signals_raise():
+        return cli.run(lambda args: run(parse_args(args)), argv, prog="python -m infer.evaluate")
 
 
 if __name__ == "__main__":

@@ -191,14 +191,24 @@ def write_sidecar(path: Path, data: dict) -> None:
 
 
 def run(a) -> int:
-    from tqdm import tqdm
+    check_flags(a)
+    out = Path(a.out)
+    sidecar = out.with_suffix(out.suffix + ".json")
+    for p in (out, sidecar):
+        if p.is_symlink() or (p.exists() and not p.is_file()):
+            raise UsageError(f"--out {a.out}: {p} exists and is not a regular file")
+    from yume_jax.core.checkpoint import output_lock
 
+    with output_lock(out):
+        return _run_locked(a, out, sidecar)
+
+
+def _run_locked(a, out: Path, sidecar: Path) -> int:
     from yume_jax import camera
     from yume_jax.convert import pipeline_dirs
     from yume_jax.pipeline import load_pipeline
     from yume_jax.rollout import Session
 
-    check_flags(a)
     scripted = None
     if a.actions is not None:
         try:
@@ -235,17 +245,9 @@ def run(a) -> int:
         session = Session(pipe, config, image=image, video=video, on_step=on_step)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    out = Path(a.out)
-    sidecar = out.with_suffix(out.suffix + ".json")
-    for p in (out, sidecar):
-        if p.is_symlink() or (p.exists() and not p.is_file()):
-            raise UsageError(f"--out {a.out}: {p} exists and is not a regular file")
     from infer.mp4 import GrowingMP4
 
-    from yume_jax.core.checkpoint import output_lock
-
-    with output_lock(out):
-        return _explore(a, session, config, ckpt, out, sidecar, scripted, bar, GrowingMP4)
+    return _explore(a, session, config, ckpt, out, sidecar, scripted, bar, GrowingMP4)
 
 
 def _explore(a, session, config, ckpt, out, sidecar, scripted, bar, GrowingMP4) -> int:
