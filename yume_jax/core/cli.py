@@ -63,9 +63,9 @@ _OS_WORDS = {errno.ENOSPC: "no space left on device", errno.EACCES: "permission 
 def describe(e: BaseException) -> str:
     """One line for an expected failure (file names kept, newlines folded)."""
     if isinstance(e, OSError) and not isinstance(e, _expected()):
-        what = _OS_WORDS.get(e.errno, e.strerror or type(e).__name__)
+        what = _OS_WORDS.get(e.errno) or e.strerror or str(e) or type(e).__name__
         where = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
-        msg = f"{where}: {what}" if where else (str(e) or what)
+        msg = f"{where}: {what}" if where else what
     else:
         msg = str(e) or type(e).__name__
     return " ".join(msg.split())

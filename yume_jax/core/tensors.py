@@ -317,8 +317,8 @@ class TorchPickle(TensorSource):
         except CheckpointError:
             raise
         except Exception as e:  # torch raises many types for corrupt files
-            raise CheckpointError(f"cannot read torch checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})",
-                                  file=path) from None
+            first = (str(e).strip().splitlines() or ["empty or truncated file"])[0]
+            raise CheckpointError(f"cannot read torch checkpoint ({type(e).__name__}: {first})", file=path) from None
         for wrapper in ("state_dict", "model", "module"):
             if isinstance(sd, dict) and set(sd) == {wrapper}:
                 sd = sd[wrapper]
