@@ -29,10 +29,11 @@ from yume_jax.core.tensors import CheckpointError, SafetensorsWriter, open_sourc
 
 
 def one_line(capsys, *words) -> str:
-    """The run's stderr: exactly one line, no traceback, holding ``words``."""
-    err = capsys.readouterr().err.strip()
-    lines = [ln for ln in err.splitlines() if ln.strip()]
+    """The run's message: exactly one line from the tool (progress bars aside), no traceback, holding ``words``."""
+    err = capsys.readouterr().err
+    lines = [ln[ln.index("python -m"):] for ln in err.replace("\r", "\n").splitlines() if "python -m" in ln]
     assert len(lines) == 1 and "Traceback" not in err, err
+    err = lines[0]
     for w in words:
         assert w in err, (w, err)
     return err
@@ -344,3 +345,197 @@ def test_concurrent_conversions_into_one_output_leave_one_complete_result(wan, t
         t.join()
     assert len(errors) < 3
     assert _fingerprint(dst) == _fingerprint(wan / "jax") and leftovers(dst) == []
+
+
+# ------------------------------------------------------------------ inference CLIs: numbers (defect 7)
+
+EXPLORE_BAD = [["--cfg", "nan"], ["--cfg", "inf"], ["--cfg", "-1"], ["--steps", "0"], ["--steps", "-3"],
+               ["--height", "0"], ["--width", "-16"], ["--chunk-frames", "0"], ["--seed", "-1"],
+               ["--seed", str(2**40)], ["--cache", "-1"], ["--max-history", "0"], ["--steps", "100000"]]
+
+
+@pytest.mark.parametrize("args", EXPLORE_BAD, ids=" ".join)
+def test_explore_and_evaluate_reject_bad_numbers(args, tmp_path, capsys):
+    from infer import evaluate, explore
+
+    assert explore.main([*args, "--actions", "W", "--out", str(tmp_path / "o.mp4")]) == 2
+    one_line(capsys, args[0])
+    if args[0] != "--max-history":  # evaluate has no --max-history
+        assert evaluate.main([*args, "--out", str(tmp_path / "e")]) == 2
+        one_line(capsys, args[0])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--compare", "cfg=nan"], "cfg"), (["--compare", "name=a,steps=0"], "steps"),
+    (["--compare", "steps=x"], "bad run spec"), (["--views", "0"], "--views"), (["--cases", "nope"], "nope"),
+    (["--image", "missing.png", "--actions", "W"], "missing.png"), (["--image", "x.png"], "--actions"),
+    (["--image", "x.png", "--actions", "W*300000000"], "100000 steps"),
+])
+def test_evaluate_bad_input(argv, words, tmp_path, capsys, monkeypatch):
+    from infer import evaluate
+
+    monkeypatch.chdir(tmp_path)
+    assert evaluate.main([*argv, "--out", str(tmp_path / "e")]) == 2
+    one_line(capsys, words)
+    assert not (tmp_path / "e" / "report.json").exists()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--cfg", "nan"], "--cfg"), (["--steps", "0"], "--steps"), (["--refresh", "0"], "--refresh"),
+    (["--num", "-1"], "--num"), (["--seed", "-1"], "--seed"), (["--action", "Q"], "--action"),
+    ([], "neither a pipeline directory"),
+])
+def test_calibrate_cache_bad_input(argv, words, tmp_path, capsys):
+    from infer import calibrate_cache
+
+    assert calibrate_cache.main(["--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "c.json"),
+                                 *argv]) == 2
+    one_line(capsys, words)
+    assert not (tmp_path / "c.json").exists()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--clips", "0"], "--clips"), (["--frames", "1"], "--frames"), (["--height", "7"], "--height"),
+    (["--width", "33"], "even"), (["--seed", "-1"], "--seed"), (["--workers", "0"], "--workers"),
+    (["--min-clip-frames", "-2"], "--min-clip-frames"), (["--script", "W*300000000"], "100000 steps"),
+    (["--script", "Q*2"], "--script"),
+])
+def test_world_bad_numbers_and_scripts(argv, words, tmp_path, capsys):
+    from yume_jax.data import world
+
+    assert world.main(["--out", str(tmp_path / "w"), *argv]) == 2
+    one_line(capsys, words)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_action_repeats_are_capped():
+    from yume_jax.camera import keyboard as camera
+
+    with pytest.raises(ValueError, match="100000 steps"):
+        camera.parse_keys("W*300000000")
+    with pytest.raises(ValueError, match="100000 steps"):
+        camera.parse_keys(", ".join(["W*60000"] * 2))
+    assert len(camera.parse_keys("W*100000")) == camera.MAX_STEPS
+
+
+# ----------------------------------------------------------------------- images and videos (defects 7, 8)
+
+
+def _png16(path: Path, value: int) -> Path:
+    Image.fromarray(np.full((8, 8), value, np.uint16)).save(path)
+    return path
+
+
+def test_images_of_every_mode_become_8_bit_rgb(tmp_path):
+    from yume_jax.media import load_image
+
+    with Image.open(_png16(tmp_path / "g16.png", 32896)) as im:
+        assert im.mode.startswith("I")  # really a 16-bit image
+    assert np.all(load_image(tmp_path / "g16.png") == 128)  # mid-grey, not white
+    assert np.all(load_image(_png16(tmp_path / "b16.png", 65535)) == 255)
+    assert np.all(load_image(_png16(tmp_path / "d16.png", 257)) == 1)
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(tmp_path / "c.jpg")
+    assert load_image(tmp_path / "c.jpg")[0, 0, 0] > 200 and load_image(tmp_path / "c.jpg")[0, 0, 1] < 60  # red
+    Image.new("P", (8, 8), 3).save(tmp_path / "p.png", transparency=3)
+    Image.new("LA", (8, 8), (100, 0)).save(tmp_path / "la.png")
+    Image.fromarray(np.full((8, 8), 0.5, np.float32), mode="F").save(tmp_path / "f.tiff")
+    for name in ("p.png", "la.png", "f.tiff"):
+        a = load_image(tmp_path / name)
+        assert a.shape == (8, 8, 3) and a.dtype == np.uint8, name
+    assert np.all(load_image(tmp_path / "f.tiff") == 128)
+
+
+def test_broken_images_and_videos_are_one_line_errors(tmp_path, capsys):
+    from infer import explore
+
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(tmp_path / "ok.png")
+    raw = (tmp_path / "ok.png").read_bytes()
+    files = {"zero.png": b"", "truncated.png": raw[: len(raw) // 2], "garbage.jpg": os.urandom(300),
+             "text.png": b"hello"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "dir.png").mkdir()
+    for name in [*files, "dir.png", "missing.png"]:
+        assert explore.main(["--image", str(tmp_path / name), "--actions", "W", "--out", str(tmp_path / "o.mp4")]) == 2
+        one_line(capsys, name)
+    for name in ("zero.png", "garbage.jpg"):
+        v = tmp_path / name.replace(".png", ".mp4").replace(".jpg", ".mp4")
+        v.write_bytes(files[name])
+        assert explore.main(["--video", str(v), "--actions", "W", "--out", str(tmp_path / "o.mp4")]) == 2
+        one_line(capsys, v.name)
+    assert explore.main(["--image", "/dev/null", "--actions", "W", "--out", str(tmp_path / "o.mp4")]) == 2
+    one_line(capsys, "/dev/null")
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_non_finite_pixels_are_an_error_not_a_black_frame():
+    from yume_jax.media import NonFiniteError, to_uint8
+
+    v = np.zeros((1, 3, 2, 4, 4), np.float32)
+    assert to_uint8(v).shape == (2, 4, 4, 3)
+    v[0, 1, 1, 2, 2] = np.nan
+    with pytest.raises(NonFiniteError, match="1 non-finite"):
+        to_uint8(v)
+
+
+# -------------------------------------------------------------- outputs: special, locked, leftovers
+
+
+def test_special_or_busy_outputs(tmp_path, capsys):
+    from infer import calibrate_cache, evaluate, explore
+    from yume_jax.data import world
+
+    (tmp_path / "adir.mp4").mkdir()
+    (tmp_path / "afile").write_text("x")
+    assert explore.main(["--actions", "W", "--out", str(tmp_path / "adir.mp4")]) == 2
+    one_line(capsys, "not a regular file")
+    assert explore.main(["--actions", "W", "--out", "/dev/null"]) == 2
+    one_line(capsys, "/dev/null")
+    assert evaluate.main(["--out", str(tmp_path / "afile")]) == 2
+    one_line(capsys, "not a directory")
+    assert world.main(["--out", str(tmp_path / "afile")]) == 2
+    one_line(capsys, "not a directory")
+    assert world.main(["--out", str(tmp_path)]) == 2
+    one_line(capsys, "not empty")
+    assert world.main(["--out", "/proc/self/x"]) == 2
+    one_line(capsys, "/proc/self")
+    # a second run into an output another run is writing: refused at once
+    with ckpt.output_lock(tmp_path / "o.mp4"):
+        assert explore.main(["--actions", "W", "--out", str(tmp_path / "o.mp4")]) == 2
+        one_line(capsys, "another run is writing")
+    with ckpt.output_lock(tmp_path / "e"):
+        assert evaluate.main(["--out", str(tmp_path / "e")]) == 2
+        one_line(capsys, "another run is writing")
+    with ckpt.output_lock(tmp_path / "w"):
+        assert world.main(["--out", str(tmp_path / "w")]) == 2
+        one_line(capsys, "another run is writing")
+    assert calibrate_cache.main(["--checkpoint", str(tmp_path), "--out", str(tmp_path / "adir.mp4")]) == 2
+    one_line(capsys, "not a regular file")
+
+
+def test_world_writes_complete_or_nothing(tmp_path, capsys, monkeypatch):
+    from yume_jax.data import world
+
+    args = ["--preset", "tiny", "--frames", "3", "--clips", "2"]
+    real = world._write_one
+
+    def killed(job):
+        row = real(job)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return row
+    monkeypatch.setattr(world, "_write_one", killed)
+    assert world.main([*args, "--out", str(tmp_path / "w")]) == 143
+    one_line(capsys, "SIGTERM")
+    assert list(tmp_path.iterdir()) == [tmp_path / ".w.lock"]
+
+    def full(job):
+        real(job)
+        raise OSError(errno.ENOSPC, "No space left on device", str(job[0] / "x.mp4"))
+    monkeypatch.setattr(world, "_write_one", full)
+    assert world.main([*args, "--out", str(tmp_path / "w")]) == 2
+    one_line(capsys, "no space left on device")
+    assert list(tmp_path.iterdir()) == [tmp_path / ".w.lock"]
+    monkeypatch.setattr(world, "_write_one", real)
+    assert world.main([*args, "--out", str(tmp_path / "w")]) == 0
+    assert (tmp_path / "w" / "train" / "sekai-sandbox.csv").is_file() and leftovers(tmp_path / "w") == []

@@ -42,6 +42,8 @@ def load_image(path) -> np.ndarray:
                 g = np.clip(np.round(a * scale), 0, 255).astype(np.uint8)
                 rgb = np.repeat(g[..., None], 3, axis=-1)
             else:
+                if im.mode in ("P", "PA") and "transparency" in im.info:
+                    im = im.convert("RGBA")
                 rgb = np.asarray(im.convert("RGB"))
     except UserError:
         raise
