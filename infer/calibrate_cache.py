@@ -41,7 +41,7 @@ def _main(argv=None) -> int:
                     help="store the chosen blocks and their measured error in pipeline.json")
     a = ap.parse_args(argv)
 
-    from infer.explore import UsageError, check_number, read_image
+    from infer.explore import UsageError, check_number, read_image, read_pipeline_json
     from yume_jax import camera
     from yume_jax.convert import pipeline_dirs
     from yume_jax.core.checkpoint import atomic_write_text, output_lock
@@ -65,6 +65,7 @@ def _main(argv=None) -> int:
         raise UsageError(f"--out {a.out}: exists and is not a regular file")
     try:
         pipe_dir = pipeline_dirs.resolve(a.checkpoint)
+        read_pipeline_json(pipe_dir)
         pipe = load_pipeline(pipe_dir)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None

@@ -55,6 +55,23 @@ def check_number(name: str, value, where: str):
     return cli.integer(value, where, low=lo, high=hi)
 
 
+def read_pipeline_json(pipe_dir) -> dict:
+    """``pipe_dir``/pipeline.json (absent: {}) checked before any model is loaded: a JSON object whose run
+    settings are within :data:`LIMITS`; UsageError naming the file and key."""
+    p = Path(pipe_dir) / "pipeline.json"
+    if not p.exists():
+        return {}
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{p}: corrupt JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise UsageError(f"{p}: expected a JSON object, got {type(d).__name__}")
+    for name in LIMITS:
+        check_number(name, d.get(name), f"{p}: {name}")
+    return d
+
+
 def check_flags(a) -> None:
     """Every numeric flag of ``a`` (those present) within :data:`LIMITS`; UsageError naming the flag."""
     for name in LIMITS:
@@ -162,7 +179,7 @@ def build_config(a, pipe):
     def pick(name, default):  # the flag if given, else pipeline.json's, else ``default``; checked either way
         if getattr(a, name) is not None:
             return check_number(name, getattr(a, name), "--" + name.replace("_", "-"))
-        return check_number(name, d.get(name, default), f"{pipe.source}/pipeline.json: {name}")
+        return check_number(name, d.get(name, default), f"{Path(pipe.source) / 'pipeline.json'}: {name}")
 
     steps = pick("steps", 4)
     cfg = pick("cfg", 5.0)
@@ -221,7 +238,9 @@ def _run_locked(a, out: Path, sidecar: Path) -> int:
     video = read_video(a.video) if a.video else None
     ckpt = Path(a.checkpoint) if a.checkpoint else default_pipeline_dir()
     try:
-        pipe = load_pipeline(pipeline_dirs.resolve(ckpt, encoders=a.encoders, progress=True))
+        pipe_dir = pipeline_dirs.resolve(ckpt, encoders=a.encoders, progress=True)
+        read_pipeline_json(pipe_dir)
+        pipe = load_pipeline(pipe_dir)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
     if not isinstance(pipe.defaults, dict):

@@ -539,3 +539,264 @@ def test_world_writes_complete_or_nothing(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(world, "_write_one", real)
     assert world.main([*args, "--out", str(tmp_path / "w")]) == 0
     assert (tmp_path / "w" / "train" / "sekai-sandbox.csv").is_file() and leftovers(tmp_path / "w") == []
+
+
+# ------------------------------------------ pipeline directories: corrupt parts (loaded, never sampled)
+
+SMALL = {"height": 32, "width": 48, "chunk_frames": 1, "steps": 1, "cfg": 1.0}
+
+
+def _pipeline(tmp_path: Path, wan: Path, edit) -> Path:
+    """A pipeline directory whose dit/ is the tiny converted DiT and whose other parts are empty folders: each
+    case breaks one thing that is read before any other part loads."""
+    d = tmp_path / "p"
+    shutil.copytree(wan / "jax", d / "dit")
+    for part in ("vae", "text_encoder"):
+        (d / part).mkdir()
+    (d / "pipeline.json").write_text(json.dumps(SMALL))
+    edit(d)
+    return d
+
+
+PIPELINE_FAULTS = {
+    "pipeline.json a list": (lambda d: (d / "pipeline.json").write_text("[1]"), "expected a JSON object"),
+    "pipeline.json bad JSON": (lambda d: (d / "pipeline.json").write_text("{"), "pipeline.json: corrupt JSON"),
+    "pipeline.json not UTF-8": (lambda d: (d / "pipeline.json").write_bytes(b"\xff\xfe{"), "pipeline.json"),
+    "pipeline.json steps 0": (lambda d: (d / "pipeline.json").write_text('{"steps": 0}'), "pipeline.json: steps"),
+    "pipeline.json cfg NaN": (lambda d: (d / "pipeline.json").write_text('{"cfg": NaN}'), "pipeline.json: cfg"),
+    "pipeline.json height text": (lambda d: (d / "pipeline.json").write_text('{"height": "tall"}'), "height"),
+    "pipeline.json seed -1": (lambda d: (d / "pipeline.json").write_text('{"seed": -1}'), "pipeline.json: seed"),
+    "dit yume_jax.json": (lambda d: (d / "dit" / "yume_jax.json").write_text("{"), "yume_jax.json"),
+    "dit params zero bytes": (lambda d: (d / "dit" / "params.safetensors").write_bytes(b""), "params.safetensors"),
+    "dit params overlap": (lambda d: _st(d / "dit" / "params.safetensors", BAD_HEADERS["overlap"][0], bytes(12)),
+                           "overlaps"),
+    "wrong-family vae": (lambda d: (d / "vae").rmdir() or shutil.copytree(d / "dit", d / "vae"), "not a VAE"),
+    "no text encoder": (lambda d: shutil.rmtree(d / "text_encoder"), "missing text_encoder"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINE_FAULTS))
+def test_corrupt_pipeline_parts(name, wan, tmp_path, capsys):
+    from infer import calibrate_cache, explore
+
+    edit, words = PIPELINE_FAULTS[name]
+    d = _pipeline(tmp_path, wan, edit)
+    assert explore.main(["--checkpoint", str(d), "--actions", "W", "--out", str(tmp_path / "o.mp4")]) == 2
+    one_line(capsys, words)
+    assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "o.mp4.json").exists()
+    if name.startswith("pipeline.json"):
+        assert calibrate_cache.main(["--checkpoint", str(d), "--out", str(tmp_path / "c.json")]) == 2
+        one_line(capsys, words)
+
+
+# ------------------------------------ the explorer's run loop: NaN chunks, signals, full disks (a stand-in model)
+
+
+class _Session:
+    """Stands in for yume_jax.rollout.Session (the run loop is under test, not the model): ``fault(i)`` runs
+    before chunk ``i`` returns."""
+
+    fault = staticmethod(lambda i: None)
+
+    def __init__(self, pipe, config, image=None, video=None, on_step=None):
+        self.config, self.records = config, []
+        self.initial_frames = np.zeros((1, config.height, config.width, 3), np.uint8)
+
+    def step(self, action):
+        i = len(self.records)
+        type(self).fault(i)
+        rec = dict(chunk=i, action=str(action), video_frames=4, timings_s=dict(sample=0.0, decode=0.0))
+        self.records.append(rec)
+        return np.full((4, self.config.height, self.config.width, 3), 40 * (i + 1), np.uint8), rec
+
+
+@pytest.fixture
+def stand_in(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from yume_jax import pipeline, rollout
+    from yume_jax.convert import pipeline_dirs
+
+    pipe = SimpleNamespace(run_defaults=lambda: dict(SMALL), defaults=dict(SMALL), source=str(tmp_path),
+                           dit=SimpleNamespace(config=SimpleNamespace(image_dim=None)))
+    monkeypatch.setattr(pipeline_dirs, "resolve", lambda p, **kw: Path(p))
+    monkeypatch.setattr(pipeline, "load_pipeline", lambda p: pipe)
+    monkeypatch.setattr(rollout, "Session", _Session)
+    monkeypatch.setattr(_Session, "fault", staticmethod(lambda i: None))
+    return lambda fault: monkeypatch.setattr(_Session, "fault", staticmethod(fault))
+
+
+def _explore(tmp_path, actions="W,W,W"):
+    from infer import explore
+
+    return explore.main(["--checkpoint", str(tmp_path), "--actions", actions, "--out", str(tmp_path / "o.mp4")])
+
+
+def _frames(path: Path) -> int:
+    from yume_jax.data import video
+
+    return video.probe(str(path)).num_frames
+
+
+def _raise(e):
+    raise e
+
+
+@pytest.mark.parametrize("case", ["nan", "sigterm", "sigint", "enospc", "eacces"])
+def test_explore_run_loop_faults(case, stand_in, tmp_path, capsys, monkeypatch):
+    from yume_jax.media import NonFiniteError
+
+    faults = {"nan": (lambda i: i == 1 and _raise(NonFiniteError("the model produced 3 non-finite values")), 2),
+              "sigterm": (lambda i: i == 1 and os.kill(os.getpid(), signal.SIGTERM), 143),
+              "sigint": (lambda i: i == 1 and os.kill(os.getpid(), signal.SIGINT), 130),
+              "enospc": (lambda i: i == 1 and _raise(OSError(errno.ENOSPC, "No space", str(tmp_path / "o.mp4"))), 2),
+              "eacces": (lambda i: i == 1 and _raise(PermissionError(errno.EACCES, "denied", str(tmp_path))), 2)}
+    fault, code = faults[case]
+    stand_in(fault)
+    assert _explore(tmp_path) == code
+    side = json.loads((tmp_path / "o.mp4.json").read_text())
+    assert side["finished"] is False
+    done = 2 if case.startswith("sig") else 1  # a signal lets the chunk in flight finish
+    assert len(side["chunks"]) == done and side["frames"] == _frames(tmp_path / "o.mp4") == 1 + 4 * done
+    if code == 2:
+        one_line(capsys, {"nan": "non-finite", "enospc": "no space left", "eacces": "permission denied"}[case])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".o.mp4.lock", "o.mp4", "o.mp4.json"]
+
+
+def test_explore_full_disk_while_publishing_keeps_the_previous_video(stand_in, tmp_path, capsys, monkeypatch):
+    from infer import mp4
+
+    assert _explore(tmp_path, "W") == 0
+    before = (tmp_path / "o.mp4").read_bytes()
+    real = mp4.av.open
+
+    def full(path, *a, **k):
+        if ".partial-" in str(path):
+            Path(path).write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, *a, **k)
+    monkeypatch.setattr(mp4.av, "open", full)
+    assert _explore(tmp_path, "W") == 2
+    one_line(capsys, "no space left on device")
+    assert (tmp_path / "o.mp4").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
+
+
+def test_explore_removes_video_leftovers_of_killed_runs(stand_in, tmp_path):
+    dead = dead_pid()
+    stale = tmp_path / f".o.mp4.partial-{dead}.mp4"
+    stale.write_bytes(b"half")
+    assert _explore(tmp_path, "W") == 0
+    assert not stale.exists() and _frames(tmp_path / "o.mp4") == 5
+
+
+def test_calibration_never_writes_a_nan_ranking(stand_in, tmp_path, capsys, monkeypatch):
+    from types import SimpleNamespace
+
+    import jax.numpy as jnp
+
+    from infer import calibrate_cache
+    from yume_jax import pipeline
+    from yume_jax.sampling import cache as blockcache
+
+    pj = tmp_path / "pipeline.json"
+    pj.write_text(json.dumps(SMALL))
+    pipe = SimpleNamespace(defaults=dict(SMALL), source=str(tmp_path),
+                           dit=SimpleNamespace(config=SimpleNamespace(image_dim=None, num_layers=4)))
+    monkeypatch.setattr(pipeline, "load_pipeline", lambda p: pipe)
+
+    class S(_Session):
+        history = jnp.zeros((1, 2, 3, 1, 1))
+    from yume_jax import rollout
+    monkeypatch.setattr(rollout, "Session", S)
+    nan = float("nan")
+    monkeypatch.setattr(blockcache, "calibrate", lambda *a, **k: {"blocks": [1], "error": nan,
+                                                                  "steps": [{"block": 1, "error": nan}]})
+    args = ["--checkpoint", str(tmp_path), "--out", str(tmp_path / "c.json"), "--write-pipeline"]
+    assert calibrate_cache.main(args) == 2
+    one_line(capsys, "non-finite")
+    assert json.loads(pj.read_text()) == SMALL and not (tmp_path / "c.json").exists()
+    S.history = jnp.full((1, 2, 3, 1, 1), jnp.nan)  # the uncached reference itself is NaN
+    assert calibrate_cache.main(args) == 2
+    one_line(capsys, "non-finite latents")
+    S.history = jnp.zeros((1, 2, 3, 1, 1))
+    monkeypatch.setattr(blockcache, "calibrate", lambda *a, **k: {"blocks": [2], "error": 0.25,
+                                                                  "steps": [{"block": 2, "error": 0.25}]})
+    real = ckpt.atomic_write_text
+
+    def full(path, text):
+        if Path(path).name == "pipeline.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, text)
+    monkeypatch.setattr(ckpt, "atomic_write_text", full)
+    assert calibrate_cache.main(args) == 2
+    one_line(capsys, "no space left on device")
+    assert json.loads(pj.read_text()) == SMALL
+    monkeypatch.setattr(ckpt, "atomic_write_text", real)
+    assert calibrate_cache.main(args) == 0
+    assert json.loads(pj.read_text())["cache_blocks"] == [2]
+    assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
+
+
+# --------------------------------------------------------------------- evaluation reports: complete or absent
+
+
+@pytest.fixture
+def fake_report(monkeypatch):
+    from yume_jax.eval import harness, report
+
+    def sheet(run, path, **kw):
+        Image.new("RGB", (4, 4)).save(path)
+        return path
+
+    def plots(rep, out):
+        Image.new("RGB", (4, 4)).save(out / "psnr_drift.png")
+        return [out / "psnr_drift.png"]
+    monkeypatch.setattr(harness, "summarize", lambda r: {"if": 1.0})
+    monkeypatch.setattr(report, "contact_sheet", sheet)
+    monkeypatch.setattr(report, "plots", plots)
+    monkeypatch.setattr(report, "versions", lambda: {})
+    monkeypatch.setattr(report, "markdown", lambda rep: "| run |\n")
+    return report
+
+
+@pytest.mark.parametrize("fault", ["enospc", "sigterm"])
+def test_report_is_complete_or_the_previous_one(fault, fake_report, tmp_path, monkeypatch):
+    from yume_jax.core import cli
+
+    runs = lambda tag: [{"spec": {"name": tag}, "cases": [{"case": tag}]}]  # noqa: E731
+    fake_report.write(tmp_path, "images", runs("first"))
+    before = _fingerprint(tmp_path)
+    real = ckpt.atomic_write_text
+
+    def broken(path, text):
+        if Path(path).name == "report.json":
+            if fault == "enospc":
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            with cli.signals_raise():
+                os.kill(os.getpid(), signal.SIGTERM)
+        return real(path, text)
+    monkeypatch.setattr(ckpt, "atomic_write_text", broken)
+    with pytest.raises(cli.Interrupted if fault == "sigterm" else OSError):
+        fake_report.write(tmp_path, "images", runs("second"))
+    assert _fingerprint(tmp_path) == before and json.loads((tmp_path / "report.json").read_text())["runs"][0][
+        "spec"]["name"] == "first"
+    dead = dead_pid()
+    (tmp_path / f".report.partial-{dead}-00ff00ff").mkdir()
+    monkeypatch.setattr(ckpt, "atomic_write_text", real)
+    fake_report.write(tmp_path, "images", runs("third"))
+    assert json.loads((tmp_path / "report.json").read_text())["runs"][0]["spec"]["name"] == "third"
+    assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
+
+
+def test_evaluate_interrupted_writes_no_report(tmp_path, capsys, monkeypatch):
+    from infer import evaluate
+    from yume_jax.eval import harness
+
+    def run_sandbox(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("not interrupted")
+    monkeypatch.setattr(harness, "run_sandbox", run_sandbox)
+    assert evaluate.main(["--cases", "quick", "--out", str(tmp_path / "e")]) == 143
+    one_line(capsys, "SIGTERM")
+    assert not (tmp_path / "e").exists() or not any((tmp_path / "e").iterdir())
