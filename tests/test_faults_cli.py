@@ -732,6 +732,15 @@ def test_calibration_never_writes_a_nan_ranking(stand_in, tmp_path, capsys, monk
     assert calibrate_cache.main(args) == 2
     one_line(capsys, "no space left on device")
     assert json.loads(pj.read_text()) == SMALL
+
+    def killed(path, text):
+        if Path(path).name == "pipeline.json":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(path, text)
+    monkeypatch.setattr(ckpt, "atomic_write_text", killed)
+    assert calibrate_cache.main(args) == 143
+    one_line(capsys, "SIGTERM")
+    assert json.loads(pj.read_text()) == SMALL
     monkeypatch.setattr(ckpt, "atomic_write_text", real)
     assert calibrate_cache.main(args) == 0
     assert json.loads(pj.read_text())["cache_blocks"] == [2]
