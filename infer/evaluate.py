@@ -42,7 +42,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from yume_jax.core import cli
 
 UsageError = cli.UserError  # bad input: one line, exit code 2

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from yume_jax.core import cli
+
 DEFAULT_MODEL_DIR = Path(os.environ.get("YUME_JAX_CACHE", Path.home() / ".cache" / "yume-jax")) / "tiny-random-v1"
 ARROWS = {"\x1b[A": "↑", "\x1b[B": "↓", "\x1b[C": "→", "\x1b[D": "←", "\x1bOA": "↑", "\x1bOB": "↓",
           "\x1bOC": "→", "\x1bOD": "←"}
 
-
-from yume_jax.core import cli
 
 UsageError = cli.UserError  # bad input: one line, exit code 2 (the name infer.calibrate_cache imports)
 
