@@ -12,6 +12,11 @@ Algorithm 1, equals the command: keys, mouse, both), rotation error against the 
 PSNR/SSIM against the ground-truth renders per chunk (drift), reversal latency, revisit consistency,
 chunk-boundary discontinuity, temporal flicker, seconds per chunk.
 
+Numbers are checked where they enter, flags and --compare values alike (infer.explore's LIMITS; --views
+1..64). The report files appear complete or not at all (written aside, renamed in, report.json last); one run
+at a time per --out (a lock beside it). Exit codes: 0 ok, 2 bad input (one line; --debug for the traceback),
+130 / 143 interrupted.
+
 Examples:
   python -m infer.evaluate --out eval/                          # the default (tiny random) pipeline
   python -m infer.evaluate --checkpoint ckpt/ --steps 50 --cfg 5 --out eval/
@@ -37,9 +42,10 @@ import sys
 import time
 from pathlib import Path
 
+from yume_jax.core import cli
 
-class UsageError(Exception):
-    """Bad input: printed as one line, exit code 2."""
+UsageError = cli.UserError  # bad input: one line, exit code 2
+MAX_VIEWS = 64
 
 
 def parse_args(argv):
@@ -69,25 +75,23 @@ def parse_args(argv):
 
 
 def _read_image(path: str):
-    import numpy as np
-    from PIL import Image
+    from yume_jax.media import load_image
 
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"image not found: {path}")
-    try:
-        with Image.open(p) as im:
-            return np.asarray(im.convert("RGB"))
-    except Exception as e:  # PIL raises several types for corrupt files
-        raise UsageError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+    return load_image(path)
+
+
+def check_spec(s) -> None:
+    """The numbers of one run spec (from flags or --compare) within infer.explore's LIMITS."""
+    from infer.explore import LIMITS, check_number
+
+    for name in LIMITS:
+        if hasattr(s, name):
+            where = f"--{name.replace('_', '-')}" if s.name == "pipeline" else f"--compare {s.name!r}: {name}"
+            check_number(name, getattr(s, name), where)
 
 
 def run(a) -> int:
-    from tqdm import tqdm
-
-    from infer.explore import default_pipeline_dir
-    from yume_jax.camera import parse_keys
-    from yume_jax.eval import bench, harness, report
+    from yume_jax.eval import harness
 
     base = harness.RunSpec(name="pipeline", checkpoint=a.checkpoint, steps=a.steps, sampler=a.sampler, cfg=a.cfg,
                            aam=a.aam, cache=a.cache, history_mode=a.history_mode, chunk_frames=a.chunk_frames,
@@ -96,6 +100,9 @@ def run(a) -> int:
         specs = [harness.parse_spec(s, base) for s in a.compare] if a.compare else [base]
     except ValueError as e:
         raise UsageError(str(e)) from None
+    for s in specs:
+        check_spec(s)
+    cli.integer(a.views, "--views", low=1, high=MAX_VIEWS)
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise UsageError(f"--compare names must differ (give name=...): {names}")
@@ -103,6 +110,21 @@ def run(a) -> int:
         if s.checkpoint and not Path(s.checkpoint).is_dir():
             raise UsageError(f"checkpoint not found: {s.checkpoint}")
     out = Path(a.out)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise UsageError(f"--out {a.out}: exists and is not a directory")
+    from yume_jax.core.checkpoint import output_lock
+
+    with output_lock(out):
+        return _evaluate(a, specs, out)
+
+
+def _evaluate(a, specs, out) -> int:
+    from tqdm import tqdm
+
+    from infer.explore import default_pipeline_dir
+    from yume_jax.camera import parse_keys
+    from yume_jax.eval import bench, harness, report
+
     t0 = time.perf_counter()
     if a.image:
         if not a.actions:
@@ -147,12 +169,8 @@ def run(a) -> int:
 
 
 def main(argv=None) -> int:
-    a = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        return run(a)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    with cli.signals_raise():
+        return cli.run(lambda args: run(parse_args(args)), argv, prog="python -m infer.evaluate")
 
 
 if __name__ == "__main__":

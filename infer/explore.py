@@ -7,7 +7,14 @@ Keys: W/A/S/D move (combine with +, e.g. W+A), arrows (or left/right/up/down, j/
 tilt; arrow keys typed in the terminal work too; a line may hold several steps and repeats (W,A  W*3). Each command generates the next chunk; the MP4
 grows after every chunk and a JSON sidecar (``OUT.json``) records per-chunk actions, prompts, seeds
 and timings, enough to reproduce the run. Exit codes: 0 ok, 2 bad input (invalid action, missing or
-unreadable image/video, bad checkpoint), 130 interrupted (the video of finished chunks is kept).
+unreadable image/video, bad checkpoint, a number out of range, the model producing NaN/inf: one line on
+stderr, ``--debug`` for the traceback), 130 / 143 interrupted by SIGINT / SIGTERM (the video of finished
+chunks is kept, the sidecar says ``finished: false``).
+
+Numbers are checked where they enter, flags and pipeline.json alike (:data:`LIMITS`): --steps 1..1000,
+--cfg finite in 0..100, --cache 0..1000, --max-history 1..100000, --chunk-frames 1..256, --height/--width
+16..8192, --seed 0..2^32-1; an action script expands to at most 100000 steps. A chunk whose pixels are not
+finite stops the run (exit 2) instead of writing black frames. One run at a time per --out (a lock beside it).
 """
 from __future__ import annotations
 
@@ -21,13 +28,55 @@ from pathlib import Path
 
 import numpy as np
 
+from yume_jax.core import cli
+
 DEFAULT_MODEL_DIR = Path(os.environ.get("YUME_JAX_CACHE", Path.home() / ".cache" / "yume-jax")) / "tiny-random-v1"
 ARROWS = {"\x1b[A": "↑", "\x1b[B": "↓", "\x1b[C": "→", "\x1b[D": "←", "\x1bOA": "↑", "\x1bOB": "↓",
           "\x1bOC": "→", "\x1bOD": "←"}
 
 
-class UsageError(Exception):
-    """Bad input: printed as one line, exit code 2."""
+UsageError = cli.UserError  # bad input: one line, exit code 2 (the name infer.calibrate_cache imports)
+
+# (low, high) of every number a run takes, from a flag or from pipeline.json (documented in the module doc)
+LIMITS = {"steps": (1, 1000), "cfg": (0.0, 100.0), "cache": (0, 1000), "max_history": (1, 100_000),
+          "chunk_frames": (1, 256), "height": (16, 8192), "width": (16, 8192), "seed": (0, 2**32 - 1)}
+
+
+def check_number(name: str, value, where: str):
+    """``value`` of run setting ``name`` (``where``: the flag or pipeline.json key naming it) within
+    :data:`LIMITS`, as int (float for cfg); None stays None."""
+    if value is None:
+        return None
+    lo, hi = LIMITS[name]
+    if isinstance(lo, float):
+        return cli.finite(value, where, low=lo, high=hi)
+    if isinstance(value, bool):
+        raise UsageError(f"{where} must be an integer, got {value!r}")
+    return cli.integer(value, where, low=lo, high=hi)
+
+
+def read_pipeline_json(pipe_dir) -> dict:
+    """``pipe_dir``/pipeline.json (absent: {}) checked before any model is loaded: a JSON object whose run
+    settings are within :data:`LIMITS`; UsageError naming the file and key."""
+    p = Path(pipe_dir) / "pipeline.json"
+    if not p.exists():
+        return {}
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{p}: corrupt JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise UsageError(f"{p}: expected a JSON object, got {type(d).__name__}")
+    for name in LIMITS:
+        check_number(name, d.get(name), f"{p}: {name}")
+    return d
+
+
+def check_flags(a) -> None:
+    """Every numeric flag of ``a`` (those present) within :data:`LIMITS`; UsageError naming the flag."""
+    for name in LIMITS:
+        if hasattr(a, name):
+            check_number(name, getattr(a, name), "--" + name.replace("_", "-"))
 
 
 def sampling_names() -> tuple[str, ...]:
@@ -74,16 +123,10 @@ def parse_args(argv):
 
 
 def read_image(path: str) -> np.ndarray:
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"image not found: {path}")
-    try:
-        from PIL import Image
+    """uint8 RGB (16-bit images scaled, not clipped): :func:`yume_jax.media.load_image`."""
+    from yume_jax.media import load_image
 
-        with Image.open(p) as im:
-            return np.asarray(im.convert("RGB"))
-    except Exception as e:  # PIL raises several types for corrupt files
-        raise UsageError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+    return load_image(path)
 
 
 def read_video(path: str) -> np.ndarray:
@@ -132,8 +175,14 @@ def build_config(a, pipe):
     from yume_jax.sampling.api import AAMConfig, SamplerConfig
 
     d = pipe.run_defaults()
-    steps = a.steps or d.get("steps", 4)
-    cfg = a.cfg if a.cfg is not None else d.get("cfg", 5.0)
+
+    def pick(name, default):  # the flag if given, else pipeline.json's, else ``default``; checked either way
+        if getattr(a, name) is not None:
+            return check_number(name, getattr(a, name), "--" + name.replace("_", "-"))
+        return check_number(name, d.get(name, default), f"{Path(pipe.source) / 'pipeline.json'}: {name}")
+
+    steps = pick("steps", 4)
+    cfg = pick("cfg", 5.0)
     sampler = SamplerConfig(name=a.sampler or d.get("sampler", "euler"), steps=steps, cfg_scale=cfg,
                             aam=AAMConfig(steps=min(4, steps)) if a.aam else None)
     if a.prompt is not None and a.caption is not None:
@@ -144,23 +193,34 @@ def build_config(a, pipe):
         raise ValueError("a scene caption (--prompt/--caption) needs --prompt-style yume1.5 "
                          "(the yume1 prompts have a fixed scene sentence)")
     kw = {} if a.negative_prompt is None else {"negative_prompt": a.negative_prompt}
-    return RolloutConfig(height=a.height or d.get("height", 96), width=a.width or d.get("width", 160),
-                         chunk_frames=a.chunk_frames or d.get("chunk_frames", 2),
+    return RolloutConfig(height=pick("height", 96), width=pick("width", 160),
+                         chunk_frames=pick("chunk_frames", 2),
                          history_mode=a.history_mode or d.get("history_mode", "renoise"),
-                         max_history=a.max_history if a.max_history is not None else d.get("max_history"),
+                         max_history=pick("max_history", None),
                          prompt_style=style, caption=caption or "", seed=a.seed, sampler=sampler,
                          block_cache=a.cache, **kw)
 
 
 def write_sidecar(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False))
-    os.replace(tmp, path)
+    from yume_jax.core.checkpoint import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False))
 
 
 def run(a) -> int:
-    from tqdm import tqdm
+    check_flags(a)
+    out = Path(a.out)
+    sidecar = out.with_suffix(out.suffix + ".json")
+    for p in (out, sidecar):
+        if p.is_symlink() or (p.exists() and not p.is_file()):
+            raise UsageError(f"--out {a.out}: {p} exists and is not a regular file")
+    from yume_jax.core.checkpoint import output_lock
 
+    with output_lock(out):
+        return _run_locked(a, out, sidecar)
+
+
+def _run_locked(a, out: Path, sidecar: Path) -> int:
     from yume_jax import camera
     from yume_jax.convert import pipeline_dirs
     from yume_jax.pipeline import load_pipeline
@@ -178,9 +238,13 @@ def run(a) -> int:
     video = read_video(a.video) if a.video else None
     ckpt = Path(a.checkpoint) if a.checkpoint else default_pipeline_dir()
     try:
-        pipe = load_pipeline(pipeline_dirs.resolve(ckpt, encoders=a.encoders, progress=True))
+        pipe_dir = pipeline_dirs.resolve(ckpt, encoders=a.encoders, progress=True)
+        read_pipeline_json(pipe_dir)
+        pipe = load_pipeline(pipe_dir)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
+    if not isinstance(pipe.defaults, dict):
+        raise UsageError(f"{pipe.source}/pipeline.json: expected a JSON object, got {type(pipe.defaults).__name__}")
     if image is None and video is None and pipe.dit.config.image_dim is not None:
         from yume_jax.data import world
 
@@ -200,27 +264,32 @@ def run(a) -> int:
         session = Session(pipe, config, image=image, video=video, on_step=on_step)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    out = Path(a.out)
-    sidecar = out.with_suffix(out.suffix + ".json")
     from infer.mp4 import GrowingMP4
+
+    return _explore(a, session, config, ckpt, out, sidecar, scripted, bar, GrowingMP4)
+
+
+def _explore(a, session, config, ckpt, out, sidecar, scripted, bar, GrowingMP4) -> int:
+    from tqdm import tqdm
 
     writer = GrowingMP4(out, config.width, config.height, fps=config.fps)
     meta = dict(command=["python", "-m", "infer.explore", *sys.argv[1:]], checkpoint=str(ckpt),
                 image=a.image, video=a.video, config=config.to_dict(), chunks=session.records,
                 initial_frames=int(len(session.initial_frames)), frames=0, finished=False)
-    interrupted = {"flag": False, "busy": False}
+    interrupted = {"flag": False, "busy": False, "signum": signal.SIGINT}
 
     def on_sigint(signum, frame):
         # never raise inside a running XLA computation: finish the chunk in flight, then stop;
         # a second Ctrl-C stops at once (the MP4 on disk, replaced atomically after each chunk, stays playable)
         interrupted["flag"] = True
+        interrupted["signum"] = signum
         if not interrupted["busy"]:  # waiting at the prompt: nothing is running, stop now
-            raise KeyboardInterrupt
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+            raise cli.Interrupted(signum, f"interrupted: keeping the {len(session.records)} finished chunks in {out}")
+        signal.signal(signum, signal.SIG_DFL)
         print("\ninterrupt: finishing the current chunk, then stopping (Ctrl-C again to stop now)",
               file=sys.stderr)
 
-    old = signal.signal(signal.SIGINT, on_sigint)
+    old = {s: signal.signal(s, on_sigint) for s in (signal.SIGINT, signal.SIGTERM)}
     code = 0
     try:
         if len(session.initial_frames):
@@ -240,7 +309,7 @@ def run(a) -> int:
                 print("> ", end="", file=sys.stderr, flush=True)
                 try:
                     line = sys.stdin.readline()
-                except KeyboardInterrupt:
+                except (KeyboardInterrupt, cli.Interrupted):
                     break
                 if interrupted["flag"] or not line:
                     break
@@ -275,12 +344,13 @@ def run(a) -> int:
                   f"(sample {rec['timings_s']['sample']:.2f}s, decode {rec['timings_s']['decode']:.2f}s); "
                   f"{out} has {writer.frames} frames", file=sys.stderr)
         if interrupted["flag"]:
-            code = 130
+            code = cli.interrupted_code(interrupted["signum"])
             print(f"interrupted: keeping the {len(session.records)} finished chunks in {out}", file=sys.stderr)
         else:
             meta["finished"] = True
     finally:
-        signal.signal(signal.SIGINT, old)
+        for s, h in old.items():
+            signal.signal(s, h)
         if bar["bar"] is not None:
             bar["bar"].close()
         writer.close()
@@ -291,12 +361,7 @@ def run(a) -> int:
 
 
 def main(argv=None) -> int:
-    a = parse_args(argv)
-    try:
-        return run(a)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return cli.run(lambda args: run(parse_args(args)), argv, prog="python -m infer.explore")
 
 
 if __name__ == "__main__":

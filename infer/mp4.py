@@ -5,12 +5,13 @@ keyframe at the start of each chunk. The encoded packets are kept (compressed, i
 :meth:`GrowingMP4.write` they are muxed (copied, not re-encoded) into a complete MP4 at a temporary name next
 to ``path``, which then replaces ``path`` atomically (``os.replace``). So after each chunk the file on disk is
 a finished, playable video of every frame written so far; a process killed at any moment (SIGKILL, OOM)
-leaves the last complete version; and a file already at ``path`` survives until the new video has its first
-chunk. (A fragmented MP4 written in place keeps its last fragment in the muxer and its I/O buffer, so it is
+leaves the last complete version (its temporary file is removed by the next writer of ``path``); and a file
+already at ``path`` survives until the new video has its first chunk. (A fragmented MP4 written in place keeps its last fragment in the muxer and its I/O buffer, so it is
 not on disk after a chunk.)
 """
 from __future__ import annotations
 
+import glob
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -26,6 +27,7 @@ class GrowingMP4:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}.mp4")
+        self._clean_leftovers()
         self.width, self.height, self.fps = width, height, fps
         self.frames = 0
         self.closed = False
@@ -36,6 +38,15 @@ class GrowingMP4:
         self._enc.framerate = Fraction(fps)
         self._enc.options = {"crf": str(crf), "preset": "veryfast", "tune": "zerolatency", "threads": "1"}
         self._enc.open()
+
+    def _clean_leftovers(self) -> None:
+        """Remove the temporary files of killed writers of this video (their process is gone)."""
+        from yume_jax.core.checkpoint import pid_alive
+
+        for p in self.path.parent.glob(f".{glob.escape(self.path.name)}.partial-*.mp4"):
+            pid = p.name[len(self.path.name) + len(".partial-") + 1:-len(".mp4")]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                p.unlink(missing_ok=True)
 
     def _keep(self, packets) -> None:
         for p in packets:
@@ -61,16 +72,20 @@ class GrowingMP4:
     def _publish(self) -> None:
         if not self._packets:
             return
-        with av.open(str(self.tmp), "w", format="mp4") as c:
-            s = c.add_stream("h264", rate=self.fps)
-            s.width, s.height, s.pix_fmt = self.width, self.height, "yuv420p"
-            s.time_base = self._enc.time_base
-            for data, pts, dts, key in self._packets:
-                q = av.Packet(data)
-                q.pts, q.dts, q.time_base, q.is_keyframe = pts, dts, self._enc.time_base, key
-                q.stream = s
-                c.mux(q)
-        os.replace(self.tmp, self.path)
+        try:
+            with av.open(str(self.tmp), "w", format="mp4") as c:
+                s = c.add_stream("h264", rate=self.fps)
+                s.width, s.height, s.pix_fmt = self.width, self.height, "yuv420p"
+                s.time_base = self._enc.time_base
+                for data, pts, dts, key in self._packets:
+                    q = av.Packet(data)
+                    q.pts, q.dts, q.time_base, q.is_keyframe = pts, dts, self._enc.time_base, key
+                    q.stream = s
+                    c.mux(q)
+            os.replace(self.tmp, self.path)
+        except BaseException:  # disk full, interrupted: the previous complete video stays, no temporary file
+            self.tmp.unlink(missing_ok=True)
+            raise
 
     def close(self) -> None:
         if self.closed:

@@ -1,9 +1,57 @@
-"""Frame conversions between uint8 video frames (T, H, W, 3) and the VAE's (1, 3, T, H, W) in [-1, 1]."""
+"""Frame conversions between uint8 video frames (T, H, W, 3) and the VAE's (1, 3, T, H, W) in [-1, 1]; start
+images read as uint8 RGB whatever their mode (:func:`load_image`)."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from yume_jax.core.cli import UserError
+
+
+class NonFiniteError(UserError):
+    """The model produced NaN or inf (broken weights, an extreme guidance scale): never written as a video."""
+
+
+def load_image(path) -> np.ndarray:
+    """An image file as uint8 RGB (H, W, 3). 16-bit and 32-bit integer images are scaled to 8 bits (not
+    clipped: a 16-bit PNG is not white), float images from [0, 1], palette / CMYK / grey / alpha converted.
+    Missing, unreadable, truncated or empty images: :class:`UserError` naming the file."""
+    from PIL import Image
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"image not found: {path}" if not p.exists() else f"not a regular file: {path}")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            if im.mode.startswith("I;16") or im.mode == "I":
+                a = np.asarray(im, dtype=np.int64)
+                hi = 65535 if (im.mode.startswith("I;16") or a.max(initial=0) > 255) else 255
+                if a.min(initial=0) < 0 or a.max(initial=0) > 65535:
+                    raise ValueError(f"integer pixel values outside 0..65535 ({im.mode})")
+                g = np.round(a * (255.0 / hi)).astype(np.uint8)
+                rgb = np.repeat(g[..., None], 3, axis=-1)
+            elif im.mode == "F":
+                a = np.asarray(im, dtype=np.float64)
+                if not np.isfinite(a).all():
+                    raise ValueError("non-finite pixel values")
+                scale = 255.0 if a.max(initial=0) <= 1.0 else 1.0
+                g = np.clip(np.round(a * scale), 0, 255).astype(np.uint8)
+                rgb = np.repeat(g[..., None], 3, axis=-1)
+            else:
+                if im.mode in ("P", "PA") and "transparency" in im.info:
+                    im = im.convert("RGBA")
+                rgb = np.asarray(im.convert("RGB"))
+    except UserError:
+        raise
+    except Exception as e:  # PIL raises many types for corrupt files
+        raise UserError(f"cannot read image {path}: {type(e).__name__}: {' '.join(str(e).split())}") from None
+    if rgb.ndim != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        raise UserError(f"cannot read image {path}: empty image")
+    return np.ascontiguousarray(rgb)
 
 
 def to_video(frames_uint8: np.ndarray) -> jax.Array:
@@ -13,8 +61,13 @@ def to_video(frames_uint8: np.ndarray) -> jax.Array:
 
 
 def to_uint8(video: jax.Array) -> np.ndarray:
-    """(1, 3, T, H, W) in [-1, 1] -> (T, H, W, 3) uint8."""
+    """(1, 3, T, H, W) in [-1, 1] -> (T, H, W, 3) uint8; :class:`NonFiniteError` if any value is NaN or inf
+    (instead of a black frame)."""
     v = np.asarray(jax.device_get(video[0]), np.float32).transpose(1, 2, 3, 0)
+    bad = int(v.size - np.count_nonzero(np.isfinite(v)))
+    if bad:
+        raise NonFiniteError(f"the model produced {bad} non-finite (NaN/inf) pixel values: check the checkpoint's "
+                             "weights and the guidance scale (--cfg); nothing of this chunk was written")
     return np.clip(np.round((v + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 

@@ -61,8 +61,11 @@ def parse_step(step: str) -> Action:
     return Action(keys, mouse)
 
 
+MAX_STEPS = 100_000  # a script expands to at most this many steps (W*300000000 is an error, not an OOM)
+
+
 def parse_keys(text: str) -> list[Action]:
-    """A whole script -> one :class:`Action` per step (repeats expanded)."""
+    """A whole script -> one :class:`Action` per step (repeats expanded; at most :data:`MAX_STEPS` in all)."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"empty keyboard script. Valid tokens: {VALID_TOKENS}")
     actions = []
@@ -73,6 +76,8 @@ def parse_keys(text: str) -> list[Action]:
             if not count.strip().isdigit() or int(count) < 1:
                 raise _err(step.strip(), f"repeat count {count.strip()!r} is not a positive integer")
             n = int(count)
+            if len(actions) + n > MAX_STEPS:
+                raise _err(step.strip(), f"the script would expand to more than {MAX_STEPS} steps")
         actions.extend([parse_step(body)] * n)
     return actions
 

@@ -8,8 +8,9 @@ missing keys, shapes, dtypes), then streams it: per op it reads only the op's in
 is the largest op, not the checkpoint.
 
 The output is one of our checkpoints (format: :mod:`yume_jax.core.checkpoint`) or a PyTorch export. It
-is written into ``DST.partial-<pid>`` and renamed into place only when complete, so a failed or
-interrupted conversion never leaves a DST that looks valid. Which families exist and the ``convert``
+is written into ``DST.partial-<pid>-<token>`` and renamed into place only when complete, so a failed or
+interrupted conversion never leaves a DST that looks valid; ``--force`` replaces only a previous output of the
+converter, never an input or a folder holding one (:func:`yume_jax.core.checkpoint.check_replaceable`). Which families exist and the ``convert``
 entry point: :mod:`yume_jax.convert.driver`.
 """
 from __future__ import annotations
@@ -17,13 +18,14 @@ from __future__ import annotations
 import abc
 import json
 import os
-import shutil
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from yume_jax.core.plan import Op, Plan, check_plan, identity, transpose  # noqa: F401  (the families import them from here)
-from yume_jax.core.tensors import JAX_META, ConversionError, SafetensorsWriter, TensorSource
+from yume_jax.core.checkpoint import atomic_dir, atomic_write_text, check_replaceable, is_checkpoint_output
+from yume_jax.core.tensors import JAX_META, WRITTEN_BY, ConversionError, SafetensorsWriter, TensorSource
 
 
 class Family(abc.ABC):
@@ -58,19 +60,21 @@ def _np_dtype(name: str):
 
 
 def execute(src: TensorSource, plan: Plan, dst: Path, meta: dict | None, *, dtype: str | None = None,
-            force: bool = False, progress: bool = True) -> Path:
-    """Validate, then stream ``plan`` into directory ``dst`` atomically."""
+            force: bool = False, progress: bool = True, inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """Validate, then stream ``plan`` into directory ``dst`` atomically (:func:`atomic_dir`). An existing
+    ``dst`` is an error, or with ``force`` replaced if it is a previous output of the converter and not one
+    of ``inputs`` (``src.path`` always counts) or a folder holding one (:func:`check_replaceable`)."""
     check_plan(src, plan)
     dst = Path(dst)
-    if dst.exists() and not force:
-        raise ConversionError("destination exists (pass --force to replace it)", file=dst)
-    tmp = dst.with_name(dst.name + f".partial-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    if dst.is_symlink() or dst.exists():
+        if not force:
+            raise ConversionError("destination exists (pass --force to replace it)", file=dst)
+        check_replaceable(dst, [src.path, *inputs], is_checkpoint_output, "converted checkpoint (yume_jax.json or "
+                          "a PyTorch export of this converter)")
+    with atomic_dir(dst) as tmp:
         specs = [(op.out, _out_dtype(src, op, dtype), op.shape) for op in plan.ops]
-        writer = SafetensorsWriter(tmp / plan.filename, specs, metadata={"format": "pt"} if meta is None else None)
+        writer = SafetensorsWriter(tmp / plan.filename, specs,
+                                   metadata={"format": "pt", "written_by": WRITTEN_BY} if meta is None else None)
         try:
             it = plan.ops
             if progress:
@@ -89,13 +93,7 @@ def execute(src: TensorSource, plan: Plan, dst: Path, meta: dict | None, *, dtyp
             writer.abort()
             raise
         if meta is not None:
-            (tmp / JAX_META).write_text(json.dumps(meta, indent=1, sort_keys=True))
+            atomic_write_text(tmp / JAX_META, json.dumps(meta, indent=1, sort_keys=True))
         if plan.hf_config is not None:
-            (tmp / "config.json").write_text(json.dumps(plan.hf_config, indent=1, sort_keys=True))
-        if dst.exists():
-            shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            atomic_write_text(tmp / "config.json", json.dumps(plan.hf_config, indent=1, sort_keys=True))
     return dst

@@ -184,9 +184,14 @@ def infer_config(src: TensorSource, naming: str, num_heads: int | None = None) -
     image_dim = s[img_key][0] if img_key in s else None
     hf = src.hf_config
     heads = num_heads or _hf_int(hf, "num_attention_heads", "num_heads") or max(dim // 128, 1)
+    if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
+        raise ConversionError(f"attention heads must be a positive integer, got {heads!r}", file=src.path)
     if dim % heads:
         raise ConversionError(f"dim {dim} is not divisible by {heads} heads (pass --num-heads)", file=src.path)
-    eps = float(_hf_int(hf, "eps") or 1e-6)
+    eps = _hf_int(hf, "eps") or 1e-6
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+        raise ConversionError(f"config.json: eps must be a number in (0, 1), got {eps!r}", file=src.path)
+    eps = float(eps)
     tiers = tuple(t for t in HISTORY_TIERS if f"patch_embedding_{t}.weight" in s)
     return DiTConfig(
         dim=dim, ffn_dim=ffn, num_heads=heads, num_layers=len(layers), in_channels=c_in, out_channels=head // pf,

@@ -17,6 +17,7 @@ from yume_jax.convert.vae import VAEFamily
 from yume_jax.core.checkpoint import make_meta
 from yume_jax.core.tensors import FLOAT_DTYPES, JAX_META, ConversionError, TensorSource, open_source
 
+MAX_HEADS = 4096  # --num-heads cap (Wan 14B has 40)
 FAMILIES: list[Family] = [DiTFamily(), T5Family(), CLIPFamily(), VAEFamily()]
 
 
@@ -44,6 +45,9 @@ def convert(src_path: str | os.PathLike, dst_path: str | os.PathLike, *, to: str
     """Convert a checkpoint: PyTorch (any supported layout) -> JAX, or JAX -> PyTorch (``to="torch"``)."""
     if dtype is not None and dtype not in FLOAT_DTYPES:
         raise ConversionError(f"unsupported --dtype {dtype}; use one of {FLOAT_DTYPES}")
+    nh = options.get("num_heads")
+    if nh is not None and (isinstance(nh, bool) or not isinstance(nh, int) or not 1 <= nh <= MAX_HEADS):
+        raise ConversionError(f"--num-heads must be an integer in 1..{MAX_HEADS}, got {nh!r}")
     src = open_source(src_path)
     if to == "jax":
         if src.meta is not None:
@@ -52,7 +56,8 @@ def convert(src_path: str | os.PathLike, dst_path: str | os.PathLike, *, to: str
         naming = naming or detected
         plan = fam.plan_to_jax(src, naming, options)
         meta = make_meta(fam.name, plan.config, source_naming=naming, extras=plan.extras)
-        return execute(src, plan, Path(dst_path), meta, dtype=dtype, force=force, progress=progress)
+        return execute(src, plan, Path(dst_path), meta, dtype=dtype, force=force, progress=progress,
+                       inputs=[src_path])
     if to == "torch":
         if src.meta is None:
             raise ConversionError(f"not a yume_jax checkpoint (no {JAX_META})", file=src.path)
@@ -65,5 +70,6 @@ def convert(src_path: str | os.PathLike, dst_path: str | os.PathLike, *, to: str
         if naming not in fam.namings:
             raise ConversionError(f"--naming {naming!r} not known for {fam.name}; use one of {fam.namings}")
         plan = fam.plan_to_torch(src, naming, options)
-        return execute(src, plan, Path(dst_path), None, dtype=dtype, force=force, progress=progress)
+        return execute(src, plan, Path(dst_path), None, dtype=dtype, force=force, progress=progress,
+                       inputs=[src_path])
     raise ConversionError(f"--to must be jax or torch, not {to!r}")

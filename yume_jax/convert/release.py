@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from yume_jax.convert.driver import convert
-from yume_jax.core.checkpoint import atomic_dir
+from yume_jax.core.checkpoint import atomic_dir, atomic_write_text, check_replaceable
 from yume_jax.core.tensors import JAX_META, ConversionError
 
 DIT_DIR = "Yume-Dit"
@@ -88,20 +88,13 @@ def detect(root) -> Release:
                    clip if clip.is_file() else None)
 
 
-def _check_replaceable(out: Path, release_dir: Path) -> None:
-    """``--force`` replaces only a pipeline directory this function wrote, never the release itself or a
-    folder holding it (the plain converter's ``--force`` once deleted its own input that way)."""
-    src, dst = release_dir.resolve(), out.resolve()
-    if dst == src or dst in src.parents:
-        raise ConversionError("refusing --force: the destination is the release or holds it", file=out)
-    meta = out / "pipeline.json"
+def _is_release_pipeline(out: Path) -> bool:
+    """A pipeline directory :func:`build_pipeline` wrote: its pipeline.json names the release."""
     try:
-        written = out.is_dir() and "release" in json.loads(meta.read_text())
-    except (OSError, ValueError, TypeError):
-        written = False
-    if not written:
-        raise ConversionError("refusing --force: not a pipeline directory built from a release "
-                              "(no pipeline.json naming one)", file=out)
+        meta = json.loads((out / "pipeline.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "release" in meta
 
 
 def build_pipeline(release_dir, out_dir, *, dtype: str | None = None, num_heads: int | None = None,
@@ -115,7 +108,8 @@ def build_pipeline(release_dir, out_dir, *, dtype: str | None = None, num_heads:
     if out.exists():
         if not force:
             raise ConversionError("destination exists (pass --force to replace it)", file=out)
-        _check_replaceable(out, Path(release_dir))
+        check_replaceable(out, [release_dir], _is_release_pipeline,
+                          "pipeline directory built from a release (pipeline.json naming one)")
     with atomic_dir(out) as tmp:
         opts = {"num_heads": num_heads} if num_heads is not None else {}
         convert(rel.dit, tmp / "dit", family="dit", dtype=dtype, progress=progress, **opts)
@@ -131,5 +125,5 @@ def build_pipeline(release_dir, out_dir, *, dtype: str | None = None, num_heads:
                                       file=release_dir)
             convert(rel.image_encoder, tmp / "image_encoder", family="clip", dtype=dtype, progress=progress)
         defaults = dict(DEFAULTS[rel.kind], release=rel.kind, source=str(Path(release_dir).resolve()))
-        (tmp / "pipeline.json").write_text(json.dumps(defaults, indent=1))
+        atomic_write_text(tmp / "pipeline.json", json.dumps(defaults, indent=1))
     return out

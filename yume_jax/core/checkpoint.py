@@ -5,8 +5,10 @@ A converted (JAX) checkpoint is a directory::
     DST/yume_jax.json        {"format": 1, "family": ..., "config": {...}, "source_naming": ..., "extras": [...]}
     DST/params.safetensors   flat JAX names ("blocks.3.self_attn.q.kernel"), dtypes kept from the source
 
-Directories are written into ``DST.partial-<pid>`` and renamed into place only when complete, so a failed
-or interrupted write never leaves a DST that looks valid.
+Directories are written into ``DST.partial-<pid>-<token>`` and renamed into place only when complete, so a
+failed or interrupted write never leaves a DST that looks valid (:func:`atomic_dir`); the next writer removes
+the leftovers of killed ones. ``--force`` replaces only a previous output of the same tool
+(:func:`check_replaceable`).
 
 :func:`fill` is how every family (DiT, VAE, encoders, the trainer) gets its parameters: one policy for
 names the model has and the checkpoint lacks (an error, unless ``create`` makes them: the Yume extras
@@ -18,8 +20,11 @@ part (an error), for shapes (must match) and dtypes (cast to the model's, or ``d
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import re
+import secrets
 import shutil
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
@@ -29,8 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from yume_jax.core import params as P
-from yume_jax.core.tensors import JAX_META, JAX_PARAMS, ArraySource, CheckpointError, SafetensorsWriter, \
-    TensorSource, open_source
+from yume_jax.core.tensors import JAX_META, JAX_PARAMS, WRITTEN_BY, ArraySource, CheckpointError, SafetensorsFiles, \
+    SafetensorsWriter, TensorSource, open_source
 
 FORMAT_VERSION = 1
 
@@ -52,23 +57,133 @@ def open_checkpoint(path: str | os.PathLike, family: str) -> TensorSource:
     return src
 
 
+_LEFTOVER = re.compile(r"\.(partial|old)-(\d+)(?:-[0-9a-f]+)?$")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (a pid we may not signal counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_leftovers(path: str | os.PathLike) -> list[Path]:
+    """Remove ``PATH.partial-<pid>[-<token>]`` / ``PATH.old-<pid>[-<token>]`` siblings left by killed writers
+    (SIGKILL, power loss) whose process is gone; those of live processes (a concurrent writer) are kept.
+    Returns what was removed."""
+    path = Path(path)
+    removed = []
+    try:
+        siblings = list(path.parent.glob(glob.escape(path.name) + ".*-*"))
+    except OSError:
+        return removed
+    for p in siblings:
+        m = _LEFTOVER.fullmatch(p.name[len(path.name):])
+        if m is None or pid_alive(int(m.group(2))) or p.is_symlink() or not p.is_dir():
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
+def _unique(path: Path, kind: str) -> Path:
+    return path.with_name(f"{path.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Write a directory completely or not at all: yields ``PATH.partial-<pid>`` to fill; on success any
-    previous ``path`` is removed and the temporary directory renamed into place, on any exception (or
-    interrupt) the temporary directory is removed and ``path`` is left as it was."""
+    """Write a directory completely or not at all: yields ``PATH.partial-<pid>-<token>`` to fill; on success
+    any previous ``path`` is moved aside (one rename), the temporary directory renamed into place and the old
+    one removed; on any exception (or interrupt turned into one, see :func:`yume_jax.core.cli.signals_raise`)
+    the temporary directory is removed and ``path`` is left as it was. Leftovers of killed writers are
+    cleaned first (:func:`clean_leftovers`). Concurrent writers each build their own temporary directory;
+    ``path`` is always one writer's complete result (or absent for an instant between the renames)."""
     path = Path(path)
-    tmp = path.with_name(path.name + f".partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    clean_leftovers(path)
+    tmp = _unique(path, "partial")
     tmp.mkdir(parents=True)
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        publish_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def publish_dir(tmp: Path, path: Path) -> None:
+    """Rename the complete directory ``tmp`` to ``path``, replacing a previous ``path`` (moved aside first,
+    then removed: never deleted in place while another reader or writer may see it)."""
+    old = None
+    if path.is_symlink() or path.exists():
+        old = _unique(path, "old")
+        os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if old is not None and not path.exists():
+            os.replace(old, path)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() and not old.is_symlink() else old.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file completely or not at all (temporary name in the same folder, fsync, rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return path
+
+
+def is_checkpoint_output(path: Path) -> bool:
+    """Whether directory ``path`` is one of our converted checkpoints (a ``yume_jax.json`` of this format) or
+    a PyTorch export of the converter (a safetensors file whose metadata says ``written_by``)."""
+    meta = path / JAX_META
+    if meta.is_file():
+        try:
+            m = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(m, dict) and "family" in m and m.get("format") == FORMAT_VERSION
+    for f in path.glob("*.safetensors"):
+        try:
+            if SafetensorsFiles([f]).metadata.get("written_by") == WRITTEN_BY:
+                return True
+        except (OSError, CheckpointError):
+            continue
+    return False
+
+
+def check_replaceable(out: str | os.PathLike, inputs: Sequence[str | os.PathLike], is_output: Callable[[Path], bool],
+                      what: str) -> None:
+    """The one rule of ``--force`` (``python -m yume_jax.convert``, ``--pipeline``): replace ``out`` only if it
+    is a directory (not a link, a file or a device) that ``is_output`` recognises as a previous output of the
+    same tool (``what`` names it in the error), and never an input or a folder holding one."""
+    out = Path(out)
+    if out.is_symlink() or not out.is_dir():
+        raise CheckpointError(f"refusing --force: not a directory (only a previous {what} is replaced)", file=out)
+    dst = out.resolve()
+    for i in inputs:
+        src = Path(i).resolve()
+        if dst == src or dst in src.parents:
+            raise CheckpointError(f"refusing --force: the destination is the input {i} or holds it", file=out)
+    if not is_output(out):
+        raise CheckpointError(f"refusing --force: not a previous {what}", file=out)
 
 
 def write_checkpoint(path: str | os.PathLike, family: str, config: dict, tensors: dict[str, np.ndarray],
@@ -172,3 +287,27 @@ def fill(abstract, source: TensorSource | Mapping[str, np.ndarray], *, dtype=Non
         raise CheckpointError(f"unexpected key (not part of the model; {len(unknown)} in all)", file=where,
                               key=unknown[0])
     return out
+
+
+@contextlib.contextmanager
+def output_lock(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive advisory lock (``.NAME.lock`` beside ``path``) while a run writes ``path``: a second
+    run into the same output fails at once with a one-line error instead of interleaving its files with the
+    first one's. The lock dies with the process (kill -9 included); the small lock file stays."""
+    import fcntl
+
+    from yume_jax.core.cli import UserError
+
+    path = Path(path)
+    lock = path.with_name(f".{path.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{path}: another run is writing this output (lock {lock} is held); "
+                            "wait for it or choose another output") from None
+        yield lock
+    finally:
+        os.close(fd)

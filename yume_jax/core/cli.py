@@ -16,10 +16,12 @@
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
 import sys
+import threading
 import traceback
 from typing import Callable, Sequence
 
@@ -61,9 +63,9 @@ _OS_WORDS = {errno.ENOSPC: "no space left on device", errno.EACCES: "permission 
 def describe(e: BaseException) -> str:
     """One line for an expected failure (file names kept, newlines folded)."""
     if isinstance(e, OSError) and not isinstance(e, _expected()):
-        what = _OS_WORDS.get(e.errno, e.strerror or type(e).__name__)
+        what = _OS_WORDS.get(e.errno) or e.strerror or str(e) or type(e).__name__
         where = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
-        msg = f"{where}: {what}" if where else (str(e) or what)
+        msg = f"{where}: {what}" if where else what
     else:
         msg = str(e) or type(e).__name__
     return " ".join(msg.split())
@@ -179,3 +181,23 @@ class DirLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+@contextlib.contextmanager
+def signals_raise(signums: Sequence[int] = (signal.SIGTERM, signal.SIGHUP)):
+    """Within the block, ``signums`` raise :class:`Interrupted` (like SIGINT raises KeyboardInterrupt), so
+    ``finally`` / ``except BaseException`` clean-ups run (temporary directories removed) and :func:`run`
+    exits 128 + signum. Only in the main thread (elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(signum, f"interrupted by {signal.Signals(signum).name}; nothing half-written was kept")
+
+    old = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ ST_TO_NP = {
 }
 NP_TO_ST = {v: k for k, v in ST_TO_NP.items()}
 FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+WRITTEN_BY = "yume_jax.convert"  # safetensors metadata of the converter's PyTorch exports
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's limit
 
 
 @dataclass(frozen=True)
@@ -90,38 +93,73 @@ class TensorSource(abc.ABC):
 
 
 def _read_safetensors_header(path: Path) -> tuple[dict, int]:
+    """The header of a safetensors file and where its data starts, validated at least as strictly as the
+    ``safetensors`` library (``Metadata::validate`` / ``read_metadata``): a JSON object, every entry a known
+    dtype, an integer shape and a pair of integer offsets, extents exactly ``prod(shape) * itemsize`` bytes,
+    the extents (sorted by start) contiguous from 0 with no gap or overlap, and the last one ending exactly
+    at the end of the file. Any violation: a one-line :class:`CheckpointError` naming the file and tensor."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) < 8:
             raise CheckpointError("truncated safetensors file (no header)", file=path)
         (n,) = struct.unpack("<Q", raw)
-        if n > size - 8 or n > 100 * 2**20:
-            raise CheckpointError("corrupt safetensors header (bad header length)", file=path)
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"corrupt safetensors header ({e})", file=path) from None
+        if n > size - 8 or n > MAX_HEADER_BYTES:
+            raise CheckpointError(f"corrupt safetensors header (header length {n}, file has {size} bytes)",
+                                  file=path)
+        text = f.read(n)
+    if not text.lstrip(b" ").startswith(b"{"):
+        raise CheckpointError("corrupt safetensors header (does not start with '{')", file=path)
+    try:
+        header = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"corrupt safetensors header ({e})", file=path) from None
     if not isinstance(header, dict):
         raise CheckpointError("corrupt safetensors header (not an object)", file=path)
+    meta = header.get("__metadata__")
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise CheckpointError("corrupt safetensors header (__metadata__ must map strings to strings)", file=path)
     data_start = 8 + n
+    data_len = size - data_start
+    extents = []
     for key, entry in header.items():
         if key == "__metadata__":
             continue
-        try:
-            b, e = entry["data_offsets"]
-            dt, shape = entry["dtype"], entry["shape"]
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError("corrupt safetensors header entry", file=path, key=key) from None
-        if dt not in ST_TO_NP:
-            raise CheckpointError(f"unsupported dtype {dt}", file=path, key=key)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * ST_TO_NP[dt].itemsize
+        if not isinstance(entry, dict):
+            raise CheckpointError("corrupt safetensors header entry (not an object)", file=path, key=key)
+        dt, shape, offs = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(dt, str) or dt not in ST_TO_NP:
+            raise CheckpointError(f"unsupported dtype {dt!r}", file=path, key=key)
+        if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
+            raise CheckpointError(f"corrupt shape {shape!r} (a list of non-negative integers)", file=path, key=key)
+        if not (isinstance(offs, list) and len(offs) == 2 and all(_is_uint(o) for o in offs)):
+            raise CheckpointError(f"corrupt data_offsets {offs!r} (two non-negative integers)", file=path, key=key)
+        b, e = offs
+        if e < b:
+            raise CheckpointError(f"corrupt data_offsets {offs} (end before start)", file=path, key=key)
+        nbytes = math.prod(shape) * ST_TO_NP[dt].itemsize
         if e - b != nbytes:
-            raise CheckpointError(f"corrupt entry: {e - b} bytes for shape {shape} {dt}", file=path, key=key)
-        if data_start + e > size:
-            raise CheckpointError(
-                f"truncated file: tensor ends at byte {data_start + e}, file has {size}", file=path, key=key)
+            raise CheckpointError(f"corrupt entry: {e - b} bytes for shape {shape} {dt} ({nbytes} needed)",
+                                  file=path, key=key)
+        if e > data_len:
+            raise CheckpointError(f"truncated file: tensor ends at byte {data_start + e}, file has {size}",
+                                  file=path, key=key)
+        extents.append((b, e, key))
+    end = 0
+    for b, e, key in sorted(extents):
+        if b != end:
+            what = "overlaps the previous tensor" if b < end else f"leaves a gap of {b - end} bytes before it"
+            raise CheckpointError(f"corrupt data_offsets [{b}, {e}]: {what} (tensors must be contiguous)",
+                                  file=path, key=key)
+        end = e
+    if end != data_len:
+        raise CheckpointError(f"corrupt safetensors file: tensors end at data byte {end}, data has {data_len} "
+                              "bytes", file=path)
     return header, data_start
+
+
+def _is_uint(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 class SafetensorsFiles(TensorSource):
@@ -133,8 +171,8 @@ class SafetensorsFiles(TensorSource):
         self._entries: dict[str, tuple[Path, int, dict]] = {}
         self.metadata: dict = {}
         for f in files:
-            if not f.exists():
-                raise CheckpointError("missing file", file=f)
+            if not f.is_file():
+                raise CheckpointError("missing file" if not f.exists() else "not a regular file", file=f)
             header, start = _read_safetensors_header(f)
             self.metadata.update(header.pop("__metadata__", None) or {})
             for k, entry in header.items():
@@ -279,8 +317,8 @@ class TorchPickle(TensorSource):
         except CheckpointError:
             raise
         except Exception as e:  # torch raises many types for corrupt files
-            raise CheckpointError(f"cannot read torch checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})",
-                                  file=path) from None
+            first = (str(e).strip().splitlines() or ["empty or truncated file"])[0]
+            raise CheckpointError(f"cannot read torch checkpoint ({type(e).__name__}: {first})", file=path) from None
         for wrapper in ("state_dict", "model", "module"):
             if isinstance(sd, dict) and set(sd) == {wrapper}:
                 sd = sd[wrapper]
@@ -333,7 +371,8 @@ def open_source(path: str | os.PathLike) -> TensorSource:
             return _from_index(p, p.parent)
         raise CheckpointError("unknown checkpoint format (expected .safetensors, .index.json, .pt/.pth/.bin "
                               "or a directory)", file=p)
-    # a directory
+    if not p.is_dir():
+        raise CheckpointError("not a regular file or directory", file=p)
     if (p / JAX_META).exists():
         src = SafetensorsFiles([p / JAX_PARAMS], path=p)
         src.meta = _read_json(p / JAX_META)
@@ -362,20 +401,36 @@ def open_source(path: str | os.PathLike) -> TensorSource:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"cannot read JSON ({e})", file=path) from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"corrupt JSON (expected an object, got {type(data).__name__})", file=path)
+    return data
 
 
 def _from_index(index: Path, folder: Path) -> SafetensorsFiles:
+    """The shards an ``*.index.json`` lists: each must be a plain file name inside ``folder`` (no absolute
+    path, no ``..``, no link leading out), every listed key must be in the shard the index names."""
     data = _read_json(index)
-    wm = data.get("weight_map")
-    if not isinstance(wm, dict):
-        raise CheckpointError("index has no weight_map", file=index)
-    files = sorted({folder / v for v in wm.values()})
-    src = SafetensorsFiles(files, path=folder)
-    have = set(src.keys())
+    wm = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(wm, dict) or not wm:
+        raise CheckpointError("index has no weight_map (an object of tensor name -> shard file)", file=index)
+    root = folder.resolve()
+    shards = {}
     for k, v in wm.items():
-        if k not in have:
+        if not isinstance(v, str) or not v:
+            raise CheckpointError(f"shard file {v!r} is not a file name", file=index, key=k)
+        if v not in shards:
+            rel = Path(v)
+            target = (folder / rel).resolve()
+            if rel.is_absolute() or ".." in rel.parts or not target.is_relative_to(root):
+                raise CheckpointError(f"shard file {v!r} is outside the model folder", file=index, key=k)
+            shards[v] = folder / rel
+    src = SafetensorsFiles(sorted(set(shards.values())), path=folder)
+    for k, v in wm.items():
+        if k not in src._entries:
             raise CheckpointError(f"listed in the index but not in {v}", file=index, key=k)
+        if src._entries[k][0] != shards[v]:
+            raise CheckpointError(f"the index says {v}, the tensor is in {src._entries[k][0].name}", file=index, key=k)
     return src

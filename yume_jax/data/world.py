@@ -880,8 +880,20 @@ def strip(path, seeds=(3, 1), num_frames: int = 97, every: int = 16, cfg: WorldC
     return path
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m yume_jax.data.world", description=__doc__.split("\n\n")[0])
+# caps of the command line's numbers (python -m yume_jax.data.world --help)
+CLI_LIMITS = {"clips": (1, 100_000), "seed": (0, 2**32 - 1), "frames": (2, 100_000), "height": (8, 8192),
+              "width": (8, 8192), "min_clip_frames": (2, 100_000), "workers": (1, 256)}
+
+
+def _main(argv=None):
+    from yume_jax.core import cli
+    from yume_jax.core.checkpoint import atomic_dir, output_lock
+
+    ap = argparse.ArgumentParser(prog="python -m yume_jax.data.world", description=__doc__.split("\n\n")[0],
+                                 epilog="Numbers: --clips 1..100000, --seed 0..2^32-1, --frames 2..100000, "
+                                        "--height/--width 8..8192 (even), --min-clip-frames 2..100000, --workers "
+                                        "1..256. --out must not exist (or be empty): the dataset appears complete "
+                                        "or not at all. Exit codes: 0 ok, 2 bad input, 130/143 interrupted.")
     ap.add_argument("--out", type=Path, help="dataset directory to write")
     ap.add_argument("--strip", type=Path, help="instead: write a PNG strip of frames of 2 clips (seed, seed+1)")
     ap.add_argument("--clips", type=int, default=4)
@@ -900,24 +912,50 @@ def main(argv=None):
     ap.add_argument("--backend", choices=BACKENDS, default="numpy",
                     help="renderer: NumPy (reference) or JAX (jit-compiled, same frames; fast on a GPU)")
     args = ap.parse_args(argv)
+    for name, (lo, hi) in CLI_LIMITS.items():
+        v = getattr(args, name)
+        if v is not None:
+            cli.integer(v, "--" + name.replace("_", "-"), low=lo, high=hi)
+    for name in ("height", "width"):
+        if getattr(args, name) is not None and getattr(args, name) % 2:
+            raise cli.UserError(f"--{name} must be even (yuv420p video), got {getattr(args, name)}")
     cfg = PRESETS[args.preset]
     cfg = cfg.replace(height=args.height or cfg.height, width=args.width or cfg.width)
     if args.strip is not None:
         print(f"wrote {strip(args.strip, (args.seed, args.seed + 1), cfg=cfg)}")
-        return
+        return 0
     if args.out is None:
         ap.error("--out is required (or --strip)")
+    out = args.out
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise cli.UserError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        raise cli.UserError(f"--out {out}: exists and is not empty (choose a new directory)")
     script = None
-    if args.script == "coverage":
-        script = coverage_script()
-    elif args.script != "random":
-        script = script_from_keys(args.script)
+    try:
+        if args.script == "coverage":
+            script = coverage_script()
+        elif args.script != "random":
+            script = script_from_keys(args.script)
+    except ValueError as e:
+        raise cli.UserError(f"--script: {e}") from None
     frames = args.frames if script is None else sum(s.pairs for s in script) + 1
-    out = write_dataset(args.out, args.clips, args.seed, args.layout, cfg=cfg, num_frames=frames, script=script,
-                        min_clip_frames=args.min_clip_frames, codec=args.codec, normalize=not args.no_normalize,
-                        workers=args.workers, backend=args.backend)
+    with output_lock(out), atomic_dir(out) as tmp:
+        write_dataset(tmp, args.clips, args.seed, args.layout, cfg=cfg, num_frames=frames, script=script,
+                      min_clip_frames=args.min_clip_frames, codec=args.codec, normalize=not args.no_normalize,
+                      workers=args.workers, backend=args.backend)
     print(f"wrote {args.clips} {args.layout}-layout sandbox videos to {out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    """The command line under :mod:`yume_jax.core.cli`'s policy (one line and exit 2 for bad input, 130 / 143
+    when interrupted: the half-written dataset removed)."""
+    from yume_jax.core import cli
+
+    with cli.signals_raise():
+        return cli.run(_main, argv, prog="python -m yume_jax.data.world")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

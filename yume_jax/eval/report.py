@@ -156,24 +156,43 @@ def contact_sheet(run: dict, path: Path, max_cases: int = 6, max_frames: int = 9
 
 
 def write(out, mode: str, runs: list[dict], extra: dict | None = None) -> dict:
-    """Write report.json, summary.md, plots and one contact sheet per run into ``out``; returns the report."""
+    """Write report.json, summary.md, plots and one contact sheet per run into ``out``; returns the report.
+
+    Every file is complete or absent: all are written into a temporary folder inside ``out`` first, then
+    renamed into place one by one, ``report.json`` (which lists the others) last; a failure (disk full) or an
+    interrupt leaves the previous report as it was and no temporary folder (leftovers of killed runs are
+    removed by the next one)."""
+    import os
+    import shutil
+
+    from yume_jax.core.checkpoint import atomic_write_text, clean_leftovers
     from yume_jax.eval.harness import summarize
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for r in runs:
-        r["summary"] = summarize(r)
-    report = dict(benchmark=dict(name=bench.NAME, version=bench.VERSION, seed_tag=bench.SEED_TAG), mode=mode,
-                  cases=len(runs[0]["cases"]) if runs else 0, versions=versions(), **(extra or {}), runs=runs)
-    sheets = []
-    for i, r in enumerate(runs):
-        p = contact_sheet(r, out / f"contact_{i}_{_safe(r['spec']['name'])}.png")
-        if p:
-            sheets.append(p.name)
-    report["files"] = dict(summary="summary.md", plots=[p.name for p in plots(report, out)], contact_sheets=sheets)
-    clean = _strip_frames(report)
-    (out / "report.json").write_text(json.dumps(clean, indent=1, ensure_ascii=False))
-    (out / "summary.md").write_text(markdown(clean))
+    clean_leftovers(out / ".report")
+    stage = out / f".report.partial-{os.getpid()}-{os.urandom(4).hex()}"
+    stage.mkdir()
+    try:
+        for r in runs:
+            r["summary"] = summarize(r)
+        report = dict(benchmark=dict(name=bench.NAME, version=bench.VERSION, seed_tag=bench.SEED_TAG), mode=mode,
+                      cases=len(runs[0]["cases"]) if runs else 0, versions=versions(), **(extra or {}), runs=runs)
+        sheets = []
+        for i, r in enumerate(runs):
+            p = contact_sheet(r, stage / f"contact_{i}_{_safe(r['spec']['name'])}.png")
+            if p:
+                sheets.append(p.name)
+        report["files"] = dict(summary="summary.md", plots=[p.name for p in plots(report, stage)],
+                               contact_sheets=sheets)
+        clean = _strip_frames(report)
+        atomic_write_text(stage / "summary.md", markdown(clean))
+        atomic_write_text(stage / "report.json", json.dumps(clean, indent=1, ensure_ascii=False))
+        names = [*sheets, *report["files"]["plots"], "summary.md", "report.json"]
+        for name in names:
+            os.replace(stage / name, out / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return clean
 
 
