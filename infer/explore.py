@@ -129,13 +129,9 @@ def parse_command(line: str):
 
 def build_config(a, pipe):
     from yume_jax.rollout import RolloutConfig
-    from yume_jax.sampling.api import AAMConfig, SamplerConfig
 
     d = pipe.run_defaults()
-    steps = a.steps or d.get("steps", 4)
-    cfg = a.cfg if a.cfg is not None else d.get("cfg", 5.0)
-    sampler = SamplerConfig(name=a.sampler or d.get("sampler", "euler"), steps=steps, cfg_scale=cfg,
-                            aam=AAMConfig(steps=min(4, steps)) if a.aam else None)
+    sampler = pipe.sampler_config(name=a.sampler, steps=a.steps, cfg_scale=a.cfg, aam=a.aam)
     if a.prompt is not None and a.caption is not None:
         raise ValueError("give --prompt or --caption, not both (both set the scene caption)")
     caption = a.caption if a.caption is not None else a.prompt

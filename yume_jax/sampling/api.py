@@ -58,7 +58,8 @@ class SamplerConfig:
 
     def __post_init__(self):
         if self.explicit_sigmas is not None:
-            object.__setattr__(self, "explicit_sigmas", tuple(float(x) for x in explicit_sigmas(self.explicit_sigmas)))
+            explicit_sigmas(self.explicit_sigmas)  # validates
+            object.__setattr__(self, "explicit_sigmas", tuple(float(x) for x in self.explicit_sigmas))
             if len(self.explicit_sigmas) != self.steps + 1:
                 raise ValueError(f"{len(self.explicit_sigmas)} explicit sigmas for {self.steps} steps "
                                  f"(need steps + 1)")

@@ -64,27 +64,29 @@ def student_sigmas(d) -> np.ndarray:
 
 
 def euler_rollout(velocity, noise, sigmas):
-    """The Euler sampler's states x_{sigma_0} .. x_{sigma_{N-1}} (N, B, ...) from ``noise`` (one scan, as
-    :mod:`yume_jax.sampling.euler`): x_{i+1} = x_i + (sigma_{i+1} - sigma_i) v(x_i, sigma_i)."""
+    """The Euler sampler (as :mod:`yume_jax.sampling.euler`, one scan) from ``noise``: its step inputs x_{sigma_i}
+    and predictions x0_i = x_i - sigma_i v(x_i, sigma_i), both (N, B, ...). With a final sigma of 0 the
+    sampler's output is the last prediction: x_N = x_{N-1} - sigma_{N-1} v = x0_{N-1}."""
     s = jnp.asarray(sigmas, F32)
     b = noise.shape[0]
 
     def body(x, i):
         v = velocity(x, jnp.full((b,), s[i]))
-        return x + (s[i + 1] - s[i]) * v, x
+        return x + (s[i + 1] - s[i]) * v, (x, x - s[i] * v)
 
-    _, xs = jax.lax.scan(body, noise, jnp.arange(s.shape[0] - 1))
-    return xs
+    _, (xs, x0s) = jax.lax.scan(body, noise, jnp.arange(s.shape[0] - 1))
+    return xs, x0s
 
 
 def backward_simulation(velocity, noise, sigmas, key):
-    """(x_i, sigma_i) per sample at a uniformly drawn step i of the student's own rollout (stop-gradient):
-    the input of the step whose prediction is trained (DMD2 backward simulation)."""
-    xs = jax.lax.stop_gradient(euler_rollout(velocity, noise, sigmas))
+    """(x_i, sigma_i, x0_i) per sample at a uniformly drawn step i of the student's own rollout, all
+    stop-gradient: the input of the step whose prediction is trained (DMD2 backward simulation), its sigma and
+    the prediction itself (the fake sample)."""
+    xs, x0s = jax.lax.stop_gradient(euler_rollout(velocity, noise, sigmas))
     b = noise.shape[0]
     i = jax.random.randint(key, (b,), 0, xs.shape[0])
-    x = jnp.take_along_axis(xs, i.reshape(1, b, *([1] * (noise.ndim - 1))), axis=0)[0]
-    return x, jnp.asarray(sigmas, F32)[i]
+    pick = lambda a: jnp.take_along_axis(a, i.reshape(1, b, *([1] * (noise.ndim - 1))), axis=0)[0]  # noqa: E731
+    return pick(xs), jnp.asarray(sigmas, F32)[i], pick(x0s)
 
 
 def predict_x0(velocity, x, sigma):
@@ -217,14 +219,24 @@ def dit_velocity(graphdef, params, ctx: Context, mode: str, runtime):
     return velocity
 
 
-def guided(cond_velocity, uncond_velocity, scale: float):
-    """CFG: v_u + scale (v_c - v_u) (scale 1: the conditional velocity alone)."""
+def concat(a: Context, b: Context) -> Context:
+    """Two contexts as one batch (the two halves of one model call)."""
+    cat = lambda x, y: None if x is None else jnp.concatenate([x, y])  # noqa: E731
+    return Context(*(cat(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(Context)))
+
+
+def guided_velocity(graphdef, params, ctx: Context, mode: str, runtime, scale: float):
+    """The CFG velocity v_u + scale (v_c - v_u) (unconditional: zero text), cond and uncond in ONE batch of 2B
+    (one model call); scale 1: the conditional velocity alone."""
     if scale == 1.0:
-        return cond_velocity
+        return dit_velocity(graphdef, params, ctx, mode, runtime)
+    v2 = dit_velocity(graphdef, params, concat(ctx, ctx.uncond()), mode, runtime)
 
     def velocity(x, t):
-        vu = uncond_velocity(x, t)
-        return vu + scale * (cond_velocity(x, t) - vu)
+        b = x.shape[0]
+        out = v2(jnp.concatenate([x, x]), jnp.concatenate([t, t]))
+        vc, vu = out[:b], out[b:]
+        return vu + scale * (vc - vu)
 
     return velocity
 
@@ -339,72 +351,69 @@ class DistillTask(FlowTask):
 def simulate(graphdef, student, mb, key, *, chunk, mode, sigmas, runtime, self_history: bool):
     """Step 1 of the module doc for one micro-batch (no gradient): {"hist", "hist_noise", "x_i", "sigma_i",
     "fake"}: the (partly self-generated) clean history, its re-noising draw, the student's step input and
-    sigma, and its prediction (the fake sample)."""
+    sigma, and its prediction there (the fake sample)."""
     x0 = mb["latents"].astype(F32)
     nh = x0.shape[2] - chunk
     k_g, k_h, k_n, k_i = jax.random.split(key, 4)
     gray = mb.get("gray")
-    gray = None if gray is None else gray.astype(F32)
     hist = x0[:, :, :nh] if nh else None
     hist_noise = jax.random.normal(k_h, hist.shape, F32) if nh else None
-    base = dict(text=mb["text"], image=mb.get("image"), gray=None, first=x0[:, :, :1])
+    base = dict(text=mb["text"], image=mb.get("image"), first=x0[:, :, :1])
     g = min(chunk, nh - 1) if self_history else 0
     if g > 0:  # the last g history frames: the student's own sample after the earlier history
-        ctx = Context(hist=hist[:, :, :nh - g], hist_noise=hist_noise[:, :, :nh - g], **base)
+        ctx = Context(hist=hist[:, :, :nh - g], hist_noise=hist_noise[:, :, :nh - g], gray=None, **base)
         v = dit_velocity(graphdef, student, ctx, mode, runtime)
-        noise = jax.random.normal(k_g, hist[:, :, nh - g:].shape, F32)
-        xs = euler_rollout(v, noise, sigmas)
-        gen = predict_x0(v, xs[-1], jnp.full((x0.shape[0],), float(sigmas[-2]), F32))
-        hist = jax.lax.stop_gradient(jnp.concatenate([hist[:, :, :nh - g], gen], axis=2))
-    ctx = Context(hist=hist, hist_noise=hist_noise, **{**base, "gray": gray})
+        _, x0s = euler_rollout(v, jax.random.normal(k_g, hist[:, :, nh - g:].shape, F32), sigmas)
+        hist = jnp.concatenate([hist[:, :, :nh - g], x0s[-1]], axis=2)
+    ctx = Context(hist=hist, hist_noise=hist_noise, gray=None if gray is None else gray.astype(F32), **base)
     v = dit_velocity(graphdef, student, ctx, mode, runtime)
-    x_i, sigma_i = backward_simulation(v, jax.random.normal(k_n, x0[:, :, nh:].shape, F32), sigmas, k_i)
-    fake = jax.lax.stop_gradient(predict_x0(v, x_i, sigma_i))
-    return {"hist": hist, "hist_noise": hist_noise, "x_i": x_i, "sigma_i": sigma_i, "fake": fake}
+    x_i, sigma_i, fake = backward_simulation(v, jax.random.normal(k_n, x0[:, :, nh:].shape, F32), sigmas, k_i)
+    out = {"x_i": x_i, "sigma_i": sigma_i, "fake": fake}
+    if nh:
+        out.update(hist=jax.lax.stop_gradient(hist), hist_noise=hist_noise)
+    return out
 
 
 def distill_step(graphdef, student_opt, schedule, critic_opt, *, distill, objective_cfg, runtime, chunk: int,
                  mode: str, sigmas, layers, ema_decay: float, state_sh):
     """step(state, batch) -> (state, metrics) for one static (chunk, history mode), to jit with
-    :func:`yume_jax.train.step.jit_step`."""
+    :func:`yume_jax.train.step.jit_step`. ``batch``: the flow task's (A, B/A, ...) arrays."""
     d, ob = distill, objective_cfg
     sigmas = np.asarray(sigmas, np.float32)
 
-    def contexts(mb, sim):
+    def contexts(mb):
+        """(real, fake) contexts: the data's history, and the history the fake chunk was generated after."""
+        x = mb["latents"].astype(F32)
         gray = mb.get("gray")
         common = dict(text=mb["text"], image=mb.get("image"), gray=None if gray is None else gray.astype(F32),
-                      first=mb["latents"][:, :, :1].astype(F32))
-        nh = mb["latents"].shape[2] - chunk
-        real = Context(hist=mb["latents"][:, :, :nh].astype(F32) if nh else None, hist_noise=sim.get("hist_noise"),
-                       **common)
-        return real, Context(hist=sim.get("hist"), hist_noise=sim.get("hist_noise"), **common)
+                      first=x[:, :, :1], hist_noise=mb.get("hist_noise"))
+        nh = x.shape[2] - chunk
+        return Context(hist=x[:, :, :nh] if nh else None, **common), Context(hist=mb.get("hist"), **common)
 
     def features_params(teacher, critic_dit):
         return critic_dit if d.features_from == "critic" else teacher
 
     def critic_loss(cp, mb, key, teacher):
-        k_f, k_t, k_r, k_e = jax.random.split(key, 4)
-        real_ctx, fake_ctx = contexts(mb, mb)
+        k_f, k_t, k_e = jax.random.split(key, 3)
+        real_ctx, fake_ctx = contexts(mb)
         v = dit_velocity(graphdef, cp["dit"], fake_ctx, mode, runtime)
         l_flow = flow_loss(v, mb["fake"], k_f, t_mean=ob.t_mean, t_std=ob.t_std, shift=ob.shift)
         nh = mb["latents"].shape[2] - chunk
         real = mb["latents"][:, :, nh:].astype(F32)
-        t = objective.sample_t(k_t, real.shape[0], ob.t_mean, ob.t_std, ob.shift)
-        fp = features_params(teacher, cp["dit"])
-        lr_ = disc_logits(graphdef, fp, cp["disc"], real, t, jax.random.normal(k_r, real.shape, F32), real_ctx, mode,
-                          runtime, layers)
-        lf_ = disc_logits(graphdef, fp, cp["disc"], mb["fake"], t, jax.random.normal(k_e, real.shape, F32), fake_ctx,
-                          mode, runtime, layers)
-        l_d, acc = hinge_d(lr_, lf_)
+        b = real.shape[0]
+        t = objective.sample_t(k_t, b, ob.t_mean, ob.t_std, ob.shift)
+        both = jnp.concatenate([real, mb["fake"]])  # real and fake in one batch (one model call)
+        logits = disc_logits(graphdef, features_params(teacher, cp["dit"]), cp["disc"], both, jnp.concatenate([t, t]),
+                             jax.random.normal(k_e, both.shape, F32), concat(real_ctx, fake_ctx), mode, runtime,
+                             layers)
+        l_d, acc = hinge_d(logits[:b], logits[b:])
         return l_flow + d.disc_weight * l_d, {"critic_flow_loss": l_flow, "disc_loss": l_d, "disc_accuracy": acc}
 
     def student_loss(sp, mb, key, teacher, critic):
         k_d, k_t, k_e = jax.random.split(key, 3)
-        _, ctx = contexts(mb, mb)
-        v = dit_velocity(graphdef, sp, ctx, mode, runtime)
-        x0 = predict_x0(v, mb["x_i"], mb["sigma_i"])
-        real_v = guided(dit_velocity(graphdef, teacher, ctx, mode, runtime),
-                        dit_velocity(graphdef, teacher, ctx.uncond(), mode, runtime), d.guidance)
+        _, ctx = contexts(mb)
+        x0 = predict_x0(dit_velocity(graphdef, sp, ctx, mode, runtime), mb["x_i"], mb["sigma_i"])
+        real_v = guided_velocity(graphdef, teacher, ctx, mode, runtime, d.guidance)
         fake_v = dit_velocity(graphdef, critic["dit"], ctx, mode, runtime)
         l_dmd, gmag = dmd_loss(x0, real_v, fake_v, k_d, d.t_min, d.t_max)
         loss = d.dmd_weight * l_dmd
@@ -421,26 +430,26 @@ def distill_step(graphdef, student_opt, schedule, critic_opt, *, distill, object
         key = step_lib.step_key(state)
         teacher = state[TEACHER]["params"]
         student = state[STUDENT]
-        sim_fn = functools.partial(simulate, graphdef, student["params"], chunk=chunk, mode=mode, sigmas=sigmas,
-                                   runtime=runtime, self_history=d.self_history)
+        sim = functools.partial(simulate, graphdef, student["params"], chunk=chunk, mode=mode, sigmas=sigmas,
+                                runtime=runtime, self_history=d.self_history)
         accum = jax.tree.leaves(batch)[0].shape[0]
-        sims = jax.lax.map(lambda a: sim_fn(jax.tree.map(lambda x: x[a], batch), jax.random.fold_in(key, 1000 + a)),
+        sims = jax.lax.map(lambda a: sim(jax.tree.map(lambda x: x[a], batch), jax.random.fold_in(key, 1000 + a)),
                            jnp.arange(accum))
-        ext = {**batch, **{k: v for k, v in sims.items() if v is not None}}
-        critic = state[CRITIC]
-        c_aux = None
-        for j in range(d.critic_steps):
-            cl, c_aux, g = step_lib.accumulate(lambda p, mb, k: critic_loss(p, mb, k, teacher), critic["params"], ext,
-                                               jax.random.fold_in(key, 2000 + j), state_sh[CRITIC]["params"])
-            c_norm = optax.tree.norm(g)
+        ext = {**batch, **sims}
+
+        def critic_update(critic, j):  # one scan over the critic updates: one compiled body whatever critic_steps
+            cl, aux, g = step_lib.accumulate(lambda p, mb, k: critic_loss(p, mb, k, teacher), critic["params"], ext,
+                                             jax.random.fold_in(key, 2000 + j), state_sh[CRITIC]["params"])
             critic = step_lib.apply_gradients(critic, g, critic_opt)
+            return critic, {"critic_loss": cl, **aux, "critic_grad_norm": optax.tree.norm(g)}
+
+        critic, c_m = jax.lax.scan(critic_update, state[CRITIC], jnp.arange(d.critic_steps))
+        c_m = jax.tree.map(lambda v: v[-1], c_m)  # the last update's
         loss, aux, g = step_lib.accumulate(
             lambda p, mb, k: student_loss(p, mb, k, teacher, critic["params"]), student["params"], ext,
             jax.random.fold_in(key, 3000), state_sh[STUDENT]["params"])
         new = {**state, "step": state["step"] + 1, CRITIC: critic,
                STUDENT: step_lib.apply_gradients(student, g, student_opt, ema_decay)}
-        return new, {"loss": loss, **aux, "critic_loss": cl, **c_aux, "grad_norm": optax.tree.norm(g),
-                     "critic_grad_norm": c_norm, "lr": schedule(state["step"])}
+        return new, {"loss": loss, **aux, **c_m, "grad_norm": optax.tree.norm(g), "lr": schedule(state["step"])}
 
     return step
-

@@ -1,0 +1,303 @@
+"""The distillation task (yume_jax/train/tasks/distill.py), tiny and on CPU: the DMD gradient moves a few-step
+student towards the teacher on Gaussian data whose velocity field is exact (the critic a Gaussian fit trained
+online with the same flow loss); the discriminator head on DiT features learns to tell real from fake; the
+whole task runs through the library trainer (both history modes, student's own history, I2V channels),
+checkpoints every state, resumes bit-exactly, and its sharded step (fsdp x tensor on 8 devices) equals the
+single-device step. The sampler side: explicit sigmas in SamplerConfig and pipeline.json.
+
+Compile time dominates on CPU: the trainer runs share one compiled step per (mesh, variant), and XLA's
+optimisations are off for this module (``jax_disable_most_optimizations``)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import train as tc
+from yume_jax import sharding
+from yume_jax.core import params as Pm
+from yume_jax.models.loader import build
+from yume_jax.presets import dit as dit_preset
+from yume_jax.sampling.analytic import gaussian_velocity
+from yume_jax.train import checkpoint as ck
+from yume_jax.train import objective
+from yume_jax.train import step as step_lib
+from yume_jax.train.tasks import distill as D
+from yume_jax.train.trainer import Trainer
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_compiles():
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)
+
+
+# ------------------------------------------------------------------------------------------------
+# the pieces on closed-form models
+
+@pytest.mark.parametrize("sigmas,ratio", [((1.0, 0.0), 0.05), ((1.0, 0.6, 0.0), 0.3)])
+def test_dmd_moves_a_few_step_student_to_the_exact_teacher(sigmas, ratio):
+    """Teacher: the exact velocity of N(mu, std^2); student: an Euler sampler with an affine velocity per step
+    (its samples are Gaussian); critic: the exact velocity of a Gaussian N(m, s^2) fitted online to the
+    student's samples by the critic's flow loss. Backward simulation picks the trained step; the DMD surrogate
+    alone must bring the student's final samples to the target's mean and std (sum of absolute errors over
+    the 4 coordinates). With 2 steps the fake samples are a mixture of both steps' predictions, which the
+    Gaussian critic only fits on average (a limit of this analytic critic, not of the method): looser bound."""
+    dim, batch, n = 4, 1024, 240
+    mu, std = jnp.array([1.5, -1.0, 0.5, 2.0]), jnp.array([1.0, 0.5, 2.0, 0.8])
+    teacher = gaussian_velocity(mu, std)
+    real_v = lambda x, t: teacher(x, t[:, None])  # noqa: E731
+    sigmas = np.array(sigmas, np.float32)
+
+    def student_v(p):
+        def v(x, s):
+            first = (s > 0.8)[:, None]
+            return jnp.where(first, p["a"][0] * x + p["b"][0], p["a"][1] * x + p["b"][1])
+        return v
+
+    def critic_v(c):
+        g = gaussian_velocity(c["m"], jnp.exp(c["log_s"]))
+        return lambda x, t: g(x, t[:, None])
+
+    sp = {"a": jnp.full((2, dim), 0.3), "b": jnp.zeros((2, dim))}
+    cp = {"m": jnp.zeros(dim), "log_s": jnp.full((dim,), jnp.log(0.7))}
+    s_opt, c_opt = optax.adam(optax.cosine_decay_schedule(0.05, n, 0.05)), optax.adam(0.1)
+
+    def update(carry, key):
+        sp, cp, s_state, c_state = carry
+        k_n, k_i, k_c, k_d = jax.random.split(key, 4)
+        x_i, s_i, fake = D.backward_simulation(student_v(sp), jax.random.normal(k_n, (batch, dim)), sigmas, k_i)
+        for j in range(2):
+            g = jax.grad(lambda c: D.flow_loss(critic_v(c), fake, jax.random.fold_in(k_c, j)))(cp)
+            u, c_state = c_opt.update(g, c_state)
+            cp = optax.apply_updates(cp, u)
+
+        def loss(p):
+            return D.dmd_loss(D.predict_x0(student_v(p), x_i, s_i), real_v, critic_v(cp), k_d)[0]
+
+        u, s_state = s_opt.update(jax.grad(loss)(sp), s_state)
+        return (optax.apply_updates(sp, u), cp, s_state, c_state), None
+
+    @jax.jit
+    def train_and_measure(sp, cp):
+        carry = (sp, cp, s_opt.init(sp), c_opt.init(cp))
+        trained = jax.lax.scan(update, carry, jax.random.split(jax.random.key(0), n))[0][0]
+
+        def distance(p):
+            x = D.euler_rollout(student_v(p), jax.random.normal(jax.random.key(99), (4096, dim)), sigmas)[1][-1]
+            return jnp.sum(jnp.abs(x.mean(0) - mu)) + jnp.sum(jnp.abs(x.std(0) - std))
+
+        return distance(sp), distance(trained)
+
+    d0, d1 = map(float, train_and_measure(sp, cp))
+    assert d0 > 4.0 and d1 < ratio * d0, (d0, d1)
+
+
+def test_backward_simulation_follows_the_euler_sampler():
+    """The picked inputs are the sampler's own states at the exact sigmas; the last prediction is its output."""
+    from yume_jax.sampling import SamplerConfig, sample
+    v = lambda x, s: 0.5 * x - s[:, None] * 2.0  # noqa: E731
+    sigmas = np.array([1.0, 0.7, 0.3, 0.0], np.float32)
+    noise = jax.random.normal(jax.random.key(0), (64, 3))
+    xs, x0s = D.euler_rollout(v, noise, sigmas)
+    config = SamplerConfig(steps=3, cfg_scale=1.0, explicit_sigmas=tuple(sigmas))  # the explicit-sigma sampler
+    out = sample(config, lambda x, s: v(x, jnp.full((x.shape[0],), s)), noise)
+    np.testing.assert_allclose(x0s[-1], out, rtol=1e-5, atol=1e-5)
+    x_i, s_i, x0 = D.backward_simulation(v, noise, sigmas, jax.random.key(1))
+    idx = np.searchsorted(-sigmas[:-1], -np.asarray(s_i))
+    assert set(idx.tolist()) == {0, 1, 2}  # every step gets picked
+    np.testing.assert_allclose(x_i, xs[idx, np.arange(64)], rtol=1e-6)
+    np.testing.assert_allclose(x0, x0s[idx, np.arange(64)], rtol=1e-6)
+
+
+def test_dmd_gradient_vanishes_when_critic_equals_teacher():
+    x0 = jax.random.normal(jax.random.key(0), (8, 3, 2, 4, 4))
+    v = lambda x, t: x * 0.3 - 1.0  # noqa: E731
+    loss, g = D.dmd_loss(x0, v, v, jax.random.key(1))
+    assert float(loss) == 0.0 and float(g) == 0.0
+    loss, g = D.dmd_loss(x0, v, lambda x, t: v(x, t) + 1.0, jax.random.key(1))
+    assert np.isfinite(float(loss)) and float(g) > 0
+
+
+def test_discriminator_on_dit_features_learns_real_from_fake():
+    """A tiny DiT (the critic) and the head trained with the hinge loss: real latents have mean +0.5, fake
+    -0.5; held-out accuracy must rise well above chance."""
+    cfg = dit_preset("tiny-t2v")
+    from flax import nnx
+    graphdef, params = nnx.split(build(cfg, seed=0))
+    params = nnx.to_pure_dict(params)
+    layers = (0,)
+    p = {"dit": params, "disc": D.init_head(jax.random.key(1), cfg.dim, 16, len(layers))}
+    opt = optax.adam(3e-3)
+    st = opt.init(p)
+    shape = (4, 16, 2, 4, 4)
+    text = jax.random.normal(jax.random.key(2), (4, 8, cfg.text_dim))
+    ctx = D.Context(text=jnp.concatenate([text, text]), image=None, hist=None, hist_noise=None, gray=None, first=None)
+    from yume_jax.models.config import Runtime
+    rt = Runtime(dtype="float32", remat="none")
+
+    def logits(p, key):
+        kr, kf, kt, ke = jax.random.split(key, 4)
+        real = 0.5 + jax.random.normal(kr, shape)
+        fake = -0.5 + jax.random.normal(kf, shape)
+        t = objective.sample_t(kt, shape[0])
+        both = jnp.concatenate([real, fake])
+        out = D.disc_logits(graphdef, p["dit"], p["disc"], both, jnp.concatenate([t, t]),
+                            jax.random.normal(ke, both.shape), ctx, "noised", rt, layers)
+        return D.hinge_d(out[:4], out[4:])
+
+    @jax.jit
+    def update(p, st, key):
+        (l, acc), g = jax.value_and_grad(logits, has_aux=True)(p, key)
+        u, st = opt.update(g, st, p)
+        return optax.apply_updates(p, u), st, acc
+
+    held = jax.jit(lambda p: jnp.mean(jnp.stack([logits(p, jax.random.key(1000 + i))[1] for i in range(8)])))
+    acc0 = float(held(p))
+    for i in range(40):
+        p, st, _ = update(p, st, jax.random.key(i))
+    acc1 = float(held(p))
+    assert acc1 >= 0.85 and acc1 > acc0 + 0.2, (acc0, acc1)
+
+
+# ------------------------------------------------------------------------------------------------
+# the task through the trainer
+
+ARGS = {"steps": "3", "log_every": "1", "tensorboard": "false", "progress": "false", "checkpoint.every": "2",
+        "checkpoint.async_save": "false", "mesh.fsdp": "2", "mesh.tensor": "4"}
+
+
+def _trainer(run, steps, shared=None):
+    cfg = tc.resolve("tiny-distill", {**ARGS, "steps": str(steps), "workdir": str(run)})
+    t = Trainer(tc.trainer_config(cfg), tc.make_task(cfg), config=cfg.to_dict())
+    if shared is not None:
+        t.compiled = shared  # one compile per (variant, mesh) for all runs of this module
+    return t
+
+
+def _curve(run):
+    return {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+
+
+def _flat(tree):
+    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """An uninterrupted 3-step run (steps in noised, clean, noised history mode) and one stopped after step 2
+    and resumed to 3, sharing the compiled steps."""
+    root = tmp_path_factory.mktemp("distill")
+    shared: dict = {}
+    ref_t = _trainer(root / "ref", 3, shared)
+    state0 = jax.device_get(ref_t.task.init_state(ref_t.state_sh))
+    ref = ref_t.fit()
+    _trainer(root / "run", 2, shared).fit()
+    resumed = _trainer(root / "run", 3, shared).fit()
+    return root, ref_t, shared, state0, jax.device_get(ref), jax.device_get(resumed)
+
+
+@pytest.mark.slow
+def test_distill_trains_checkpoints_and_resumes_bit_exact(runs):
+    root, ref_t, shared, state0, ref, resumed = runs
+    assert sorted(k[0] for k in shared) == [(2, "clean"), (2, "noised")]  # both history modes, compiled once each
+    a, b = _curve(root / "ref"), _curve(root / "run")
+    assert sorted(a) == sorted(b) == [1, 2, 3]
+    for s in a:
+        for k in ("loss", "dmd_loss", "adv_loss", "critic_loss", "critic_flow_loss", "disc_loss", "disc_accuracy",
+                  "grad_norm", "critic_grad_norm"):
+            assert np.isfinite(a[s][k]) and a[s][k] == b[s][k], (s, k)
+        assert a[s]["dmd_grad"] > 0 and 0 <= a[s]["disc_accuracy"] <= 1
+    fa, fb = _flat(ref), _flat(resumed)
+    assert fa.keys() == fb.keys()
+    for k in fa:
+        assert fa[k].dtype == fb[k].dtype and np.array_equal(fa[k], fb[k]), k
+    # the state: the frozen teacher has parameters only and did not move; student and critic started from it
+    assert set(ref) == {"step", "rng", "student", "teacher", "critic"} and int(ref["step"]) == 3
+    assert set(ref["teacher"]) == {"params"} and set(ref["student"]) == {"params", "opt_state", "ema"}
+    assert set(ref["critic"]) == {"params", "opt_state"} and set(ref["critic"]["params"]) == {"dit", "disc"}
+    t0 = Pm.flatten(state0["teacher"]["params"])
+    for name, v in Pm.flatten(ref["teacher"]["params"]).items():
+        assert np.array_equal(v, t0[name]), name
+        assert np.array_equal(Pm.flatten(state0["student"]["params"])[name], t0[name])
+        assert np.array_equal(Pm.flatten(state0["critic"]["params"]["dit"])[name], t0[name])
+    moved = [n for n, v in Pm.flatten(ref["student"]["params"]).items() if not np.array_equal(v, t0[n])]
+    assert "blocks.ffn.fc1.kernel" in moved and "head.proj.kernel" in moved
+    step, saved = ck.read_state(root / "run" / "checkpoints")
+    assert step == 3 and sorted(saved) == ["critic", "rng", "step", "student", "teacher"]
+    assert json.loads((root / "ref" / "config.json").read_text())["task"] == "distill"
+
+
+@pytest.mark.slow
+def test_sharded_distill_step_equals_single_device(runs):
+    """The same state and batch through the 8-device step (fsdp 2 x tensor 4, the trainer's compiled program)
+    and through the step compiled for one device."""
+    root, ref_t, shared, state0, _, _ = runs
+    task = ref_t.task
+    it = iter(task.setup(ref_t.env))
+    prep = task.prepare(next(it), 0)
+    batch = {k: v[None] for k, v in prep.batch.items()}  # grad_accum 1
+    mesh8 = ref_t.mesh
+    (fn8,) = [fn for k, fn in shared.items() if k[0] == prep.key]
+    p = task.state_shardings(mesh8)["student"]["params"]["blocks"]["ffn"]["fc1"]["kernel"]
+    assert p.spec[1] == "fsdp" and p.spec[2] == "tensor"
+
+    def run(mesh, fn=None):
+        sh = task.state_shardings(mesh)
+        bsh = step_lib.batch_shardings({k: v.shape for k, v in batch.items()}, mesh)
+        fn = fn or task.make_step(prep.key, mesh, sh, bsh)
+        new, m = fn(jax.device_put(state0, sh), jax.device_put(batch, bsh))
+        return jax.device_get(new), jax.device_get(m)
+
+    one = sharding.make_mesh({"fsdp": 1}, devices=jax.devices()[:1])
+    ref, ref_m = run(one)
+    new, m = run(mesh8, fn8)
+    for k in ref_m:
+        np.testing.assert_allclose(m[k], ref_m[k], rtol=2e-4, atol=1e-6, err_msg=k)
+    for model in ("student", "critic"):
+        fa, fb, f0 = (Pm.flatten(s[model]["params"]) for s in (new, ref, state0))
+        for name in fb:
+            d_new, d_ref = fa[name] - f0[name], fb[name] - f0[name]
+            assert np.abs(d_new - d_ref).max() <= 2e-2 * max(np.abs(d_ref).max(), 1e-6), (model, name)
+
+
+# ------------------------------------------------------------------------------------------------
+# config and sampler side
+
+def test_distill_config_checks():
+    cfg = tc.resolve("tiny-distill", {"distill.sigmas": "1.0,0.5,0.0"})
+    assert cfg.task == "distill" and "distill" in tc.TASKS
+    np.testing.assert_allclose(D.student_sigmas(cfg.distill), [1.0, 0.5, 0.0])
+    for bad, msg in [({"distill.sigmas": "1.0,0.0"}, "needs 3"), ({"distill.sigmas": "1.0,0.7,0.9"}, "decrease"),
+                     ({"distill.history": "x"}, "noised, clean or both"), ({"distill.feature_layers": "5"}, "0..1"),
+                     ({"distill.critic_steps": "0"}, "critic_steps")]:
+        with pytest.raises(tc.ConfigError, match=msg):
+            tc.resolve("tiny-distill", bad)
+
+
+def test_explicit_sigmas_in_sampler_config_and_pipeline_defaults():
+    from yume_jax.pipeline import sampler_config
+    from yume_jax.rollout import RolloutConfig
+    from yume_jax.sampling.api import SamplerConfig
+
+    c = SamplerConfig(steps=2, cfg_scale=1.0, explicit_sigmas=[1.0, 0.4, 0.0])
+    np.testing.assert_allclose(c.sigmas, [1.0, 0.4, 0.0])
+    assert SamplerConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c and hash(c)
+    with pytest.raises(ValueError, match="need steps"):
+        SamplerConfig(steps=4, explicit_sigmas=(1.0, 0.4, 0.0))
+    d = {"height": 96, "width": 160, "chunk_frames": 2, "steps": 2, "sigmas": [1.0, 0.4, 0.0], "sampler": "euler",
+         "cfg": 1.0}
+    s = sampler_config(d)  # what Pipeline.sampler_config / explore / evaluate use, from pipeline.json
+    assert (s.steps, s.cfg_scale, s.explicit_sigmas) == (2, 1.0, (1.0, 0.4, 0.0))
+    assert sampler_config(d, steps=3).explicit_sigmas is None  # another step count: the shifted schedule
+    assert sampler_config({}).explicit_sigmas is None and sampler_config({}).steps == 4
+    r = RolloutConfig.from_defaults(d, seed=3)
+    assert r.sampler == s and r.seed == 3 and (r.height, r.width, r.chunk_frames) == (96, 160, 2)
