@@ -271,7 +271,7 @@ def _tiny_distill() -> TrainConfig:
     latents (2 history + 2 chunk latent frames of 8x8): tests, CPU."""
     base = _tiny_synthetic()
     return base.replace(name="tiny-distill", task="distill", steps=6,
-                        model=ModelConfig(preset="tiny-yume", dit={"num_layers": 2}),
+                        model=ModelConfig(preset="tiny-yume", dit={"num_layers": 2, "history_tiers": ("2x",)}),
                         objective=ObjectiveConfig(mvdt=False),
                         optim=OptimConfig(lr=1e-3, weight_decay=0.0, clip_norm=1.0, ema_decay=0.9),
                         distill=DistillConfig(student_steps=2, guidance=3.0, critic_steps=2, critic_lr=1e-3,

@@ -160,9 +160,9 @@ def test_discriminator_on_dit_features_learns_real_from_fake():
         u, st = opt.update(g, st, p)
         return optax.apply_updates(p, u), st, acc
 
-    held = jax.jit(lambda p: jnp.mean(jnp.stack([logits(p, jax.random.key(1000 + i))[1] for i in range(8)])))
+    held = jax.jit(lambda p: jnp.mean(jnp.stack([logits(p, jax.random.key(1000 + i))[1] for i in range(4)])))
     acc0 = float(held(p))
-    for i in range(40):
+    for i in range(30):
         p, st, _ = update(p, st, jax.random.key(i))
     acc1 = float(held(p))
     assert acc1 >= 0.85 and acc1 > acc0 + 0.2, (acc0, acc1)
@@ -171,15 +171,14 @@ def test_discriminator_on_dit_features_learns_real_from_fake():
 # ------------------------------------------------------------------------------------------------
 # the task through the trainer
 
-ARGS = {"steps": "3", "log_every": "1", "tensorboard": "false", "progress": "false", "checkpoint.every": "2",
-        "checkpoint.async_save": "false", "mesh.fsdp": "2", "mesh.tensor": "4"}
+ARGS = {"log_every": "1", "tensorboard": "false", "progress": "false", "checkpoint.every": "1",
+        "checkpoint.async_save": "false", "mesh.fsdp": "2", "mesh.tensor": "4", "distill.history": "noised"}
 
 
-def _trainer(run, steps, shared=None):
+def _trainer(run, steps, shared):
     cfg = tc.resolve("tiny-distill", {**ARGS, "steps": str(steps), "workdir": str(run)})
     t = Trainer(tc.trainer_config(cfg), tc.make_task(cfg), config=cfg.to_dict())
-    if shared is not None:
-        t.compiled = shared  # one compile per (variant, mesh) for all runs of this module
+    t.compiled = shared  # one compile for all runs of this module (same mesh, variant and shapes)
     return t
 
 
@@ -193,80 +192,102 @@ def _flat(tree):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """An uninterrupted 3-step run (steps in noised, clean, noised history mode) and one stopped after step 2
-    and resumed to 3, sharing the compiled steps."""
+    """An uninterrupted 2-step run and one stopped after step 1 and resumed to 2, sharing the compiled step
+    (fsdp 2 x tensor 4 on the 8 CPU devices). Compiles dominate, so the full step is compiled for one
+    history mode (noised) here; the clean mode's inputs are checked in test_history_modes_feed_the_model."""
     root = tmp_path_factory.mktemp("distill")
     shared: dict = {}
-    ref_t = _trainer(root / "ref", 3, shared)
-    state0 = jax.device_get(ref_t.task.init_state(ref_t.state_sh))
+    ref_t = _trainer(root / "ref", 2, shared)
     ref = ref_t.fit()
-    _trainer(root / "run", 2, shared).fit()
-    resumed = _trainer(root / "run", 3, shared).fit()
-    return root, ref_t, shared, state0, jax.device_get(ref), jax.device_get(resumed)
+    _trainer(root / "run", 1, shared).fit()
+    resumed = _trainer(root / "run", 2, shared).fit()
+    return root, ref_t, shared, jax.device_get(ref), jax.device_get(resumed)
 
 
 @pytest.mark.slow
 def test_distill_trains_checkpoints_and_resumes_bit_exact(runs):
-    root, ref_t, shared, state0, ref, resumed = runs
-    assert sorted(k[0] for k in shared) == [(2, "clean"), (2, "noised")]  # both history modes, compiled once each
+    root, ref_t, shared, ref, resumed = runs
+    assert [k[0] for k in shared] == [(2, "noised")]  # compiled once for the three runs
     a, b = _curve(root / "ref"), _curve(root / "run")
-    assert sorted(a) == sorted(b) == [1, 2, 3]
+    assert sorted(a) == sorted(b) == [1, 2]
     for s in a:
         for k in ("loss", "dmd_loss", "adv_loss", "critic_loss", "critic_flow_loss", "disc_loss", "disc_accuracy",
-                  "grad_norm", "critic_grad_norm"):
+                  "grad_norm", "critic_grad_norm", "dmd_grad"):
             assert np.isfinite(a[s][k]) and a[s][k] == b[s][k], (s, k)
-        assert a[s]["dmd_grad"] > 0 and 0 <= a[s]["disc_accuracy"] <= 1
+        assert a[s]["dmd_grad"] > 0 and a[s]["grad_norm"] > 0 and 0 <= a[s]["disc_accuracy"] <= 1
     fa, fb = _flat(ref), _flat(resumed)
     assert fa.keys() == fb.keys()
     for k in fa:
         assert fa[k].dtype == fb[k].dtype and np.array_equal(fa[k], fb[k]), k
-    # the state: the frozen teacher has parameters only and did not move; student and critic started from it
-    assert set(ref) == {"step", "rng", "student", "teacher", "critic"} and int(ref["step"]) == 3
+    # the state: the frozen teacher has parameters only; student and critic moved away from it
+    assert set(ref) == {"step", "rng", "student", "teacher", "critic"} and int(ref["step"]) == 2
     assert set(ref["teacher"]) == {"params"} and set(ref["student"]) == {"params", "opt_state", "ema"}
     assert set(ref["critic"]) == {"params", "opt_state"} and set(ref["critic"]["params"]) == {"dit", "disc"}
-    t0 = Pm.flatten(state0["teacher"]["params"])
-    for name, v in Pm.flatten(ref["teacher"]["params"]).items():
-        assert np.array_equal(v, t0[name]), name
-        assert np.array_equal(Pm.flatten(state0["student"]["params"])[name], t0[name])
-        assert np.array_equal(Pm.flatten(state0["critic"]["params"]["dit"])[name], t0[name])
-    moved = [n for n, v in Pm.flatten(ref["student"]["params"]).items() if not np.array_equal(v, t0[n])]
-    assert "blocks.ffn.fc1.kernel" in moved and "head.proj.kernel" in moved
+    t0 = Pm.flatten(ref["teacher"]["params"])
+    for model, tree in (("student", ref["student"]["params"]), ("critic", ref["critic"]["params"]["dit"])):
+        moved = {n for n, v in Pm.flatten(tree).items() if not np.array_equal(v, t0[n])}
+        assert {"blocks.ffn.fc1.kernel", "head.proj.kernel", "patch_embedding.kernel"} <= moved, model
     step, saved = ck.read_state(root / "run" / "checkpoints")
-    assert step == 3 and sorted(saved) == ["critic", "rng", "step", "student", "teacher"]
+    assert step == 2 and sorted(saved) == ["critic", "rng", "step", "student", "teacher"]
     assert json.loads((root / "ref" / "config.json").read_text())["task"] == "distill"
 
 
 @pytest.mark.slow
 def test_sharded_distill_step_equals_single_device(runs):
-    """The same state and batch through the 8-device step (fsdp 2 x tensor 4, the trainer's compiled program)
-    and through the step compiled for one device."""
-    root, ref_t, shared, state0, _, _ = runs
+    """One state and batch through the 8-device step (the trainer's compiled program; parameters and optimizer
+    moments sharded fsdp x tensor) and through the step compiled for one device. Tolerances as the flow
+    task's test: metrics relative 1e-4 (a longer chain: two rollouts, three critic passes), gradients (Adam's
+    first moments after one step) 1e-4 of each tensor's max."""
+    root, ref_t, shared, _, _ = runs
     task = ref_t.task
-    it = iter(task.setup(ref_t.env))
-    prep = task.prepare(next(it), 0)
+    prep = task.prepare(next(iter(task.setup(ref_t.env))), 0)
     batch = {k: v[None] for k, v in prep.batch.items()}  # grad_accum 1
-    mesh8 = ref_t.mesh
-    (fn8,) = [fn for k, fn in shared.items() if k[0] == prep.key]
-    p = task.state_shardings(mesh8)["student"]["params"]["blocks"]["ffn"]["fc1"]["kernel"]
-    assert p.spec[1] == "fsdp" and p.spec[2] == "tensor"
+    (fn8,) = shared.values()
+    one = sharding.make_mesh({"fsdp": 1}, devices=jax.devices()[:1])
+    state0 = jax.device_get(task.init_state(task.state_shardings(one)))
 
     def run(mesh, fn=None):
         sh = task.state_shardings(mesh)
         bsh = step_lib.batch_shardings({k: v.shape for k, v in batch.items()}, mesh)
         fn = fn or task.make_step(prep.key, mesh, sh, bsh)
         new, m = fn(jax.device_put(state0, sh), jax.device_put(batch, bsh))
-        return jax.device_get(new), jax.device_get(m)
+        return new, jax.device_get(m)
 
-    one = sharding.make_mesh({"fsdp": 1}, devices=jax.devices()[:1])
     ref, ref_m = run(one)
-    new, m = run(mesh8, fn8)
-    for k in ref_m:
-        np.testing.assert_allclose(m[k], ref_m[k], rtol=2e-4, atol=1e-6, err_msg=k)
-    for model in ("student", "critic"):
-        fa, fb, f0 = (Pm.flatten(s[model]["params"]) for s in (new, ref, state0))
-        for name in fb:
-            d_new, d_ref = fa[name] - f0[name], fb[name] - f0[name]
-            assert np.abs(d_new - d_ref).max() <= 2e-2 * max(np.abs(d_ref).max(), 1e-6), (model, name)
+    new, m = run(ref_t.mesh, fn8)
+    k = new["student"]["params"]["blocks"]["ffn"]["fc1"]["kernel"]
+    assert k.sharding.spec[1] == "fsdp" and k.sharding.spec[2] == "tensor"
+    assert new["critic"]["opt_state"][1][0].mu["dit"]["blocks"]["ffn"]["fc1"]["kernel"].sharding.spec == k.sharding.spec
+    ref, new = jax.device_get(ref), jax.device_get(new)
+    for key in ref_m:
+        np.testing.assert_allclose(m[key], ref_m[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    for model, pick in (("student", lambda s: s), ("critic", lambda s: s["dit"])):
+        mus = [Pm.flatten(pick(s[model]["opt_state"][1][0].mu)) for s in (new, ref)]
+        for name, r in mus[1].items():
+            assert np.abs(mus[0][name] - r).max() <= 1e-4 * max(np.abs(r).max(), 1e-30), (model, name)
+            if not name.startswith(("history_embedding", "sideblock", "mask_token")):  # MVDT parts: unused here
+                assert np.abs(r).max() > 0, (model, name)
+
+
+def test_history_modes_feed_the_model():
+    """noised: history re-noised at the chunk's sigma with the fixed draw, every token at sigma; clean: history as
+    is with t = 0 on it; I2V channels hold the clean history whatever the mode; no history: plain chunk."""
+    k = jax.random.split(jax.random.key(0), 4)
+    hist, noise = jax.random.normal(k[0], (2, 3, 2, 4, 4)), jax.random.normal(k[1], (2, 3, 2, 4, 4))
+    x = jax.random.normal(k[2], (2, 3, 1, 4, 4))
+    sigma = jnp.array([0.3, 0.8])
+    ctx = D.Context(text=None, image=None, hist=hist, hist_noise=noise, gray=None, first=hist[:, :, :1])
+    inp, chunk, ht = D.model_input(x, sigma, ctx, "noised", True)
+    assert inp.shape == (2, 3 + 4 + 3, 3, 4, 4) and chunk == 1 and ht is None
+    np.testing.assert_allclose(inp[:, :3, :2], objective.interpolate(hist, noise, sigma), rtol=1e-6)
+    np.testing.assert_array_equal(inp[:, :3, 2:], x)
+    np.testing.assert_array_equal(inp[:, 7:, :2], hist)  # y: the clean conditioning frames
+    np.testing.assert_array_equal(inp[:, 7:, 2:], 0.0)
+    inp, chunk, ht = D.model_input(x, sigma, ctx, "clean", False)
+    assert inp.shape == (2, 3, 3, 4, 4) and ht == 0.0
+    np.testing.assert_array_equal(inp[:, :, :2], hist)
+    inp, chunk, ht = D.model_input(x, sigma, dataclasses.replace(ctx, hist=None), "clean", False)
+    assert chunk is None and ht is None and inp is x
 
 
 # ------------------------------------------------------------------------------------------------
