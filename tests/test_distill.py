@@ -21,6 +21,7 @@ import pytest
 
 from configs import train as tc
 from yume_jax import sharding
+from yume_jax.core import cli
 from yume_jax.core import params as Pm
 from yume_jax.models.loader import build
 from yume_jax.presets import dit as dit_preset
@@ -229,7 +230,16 @@ def test_distill_trains_checkpoints_and_resumes_bit_exact(runs):
         assert {"blocks.ffn.fc1.kernel", "head.proj.kernel", "patch_embedding.kernel"} <= moved, model
     step, saved = ck.read_state(root / "run" / "checkpoints")
     assert step == 2 and sorted(saved) == ["critic", "rng", "step", "student", "teacher"]
-    assert json.loads((root / "ref" / "config.json").read_text())["task"] == "distill"
+    cfg = json.loads((root / "ref" / "config.json").read_text())
+    assert cfg["task"] == "distill"
+    # the student's sampler defaults for pipeline.json (python -m train.export_student, explore on the workdir)
+    from yume_jax.convert.pipeline_dirs import student_defaults
+    d = student_defaults(cfg)
+    assert d["steps"] == 2 and d["cfg"] == 1.0 and d["sampler"] == "euler"
+    np.testing.assert_allclose(d["sigmas"], D.student_sigmas(tc.from_dict(cfg).distill))
+    from train import export_student
+    with pytest.raises(cli.UserError, match="stand-in encoders"):
+        export_student.main([str(root / "ref"), str(root / "student")])
 
 
 @pytest.mark.slow
