@@ -156,16 +156,16 @@ def test_discriminator_on_dit_features_learns_real_from_fake():
         return D.hinge_d(out[:4], out[4:])
 
     @jax.jit
-    def update(p, st, key):
+    def update(p, st, key):  # every batch is fresh: the accuracy before the update is a held-out one
         (l, acc), g = jax.value_and_grad(logits, has_aux=True)(p, key)
         u, st = opt.update(g, st, p)
         return optax.apply_updates(p, u), st, acc
 
-    held = jax.jit(lambda p: jnp.mean(jnp.stack([logits(p, jax.random.key(1000 + i))[1] for i in range(4)])))
-    acc0 = float(held(p))
+    accs = []
     for i in range(30):
-        p, st, _ = update(p, st, jax.random.key(i))
-    acc1 = float(held(p))
+        p, st, acc = update(p, st, jax.random.key(i))
+        accs.append(float(acc))
+    acc0, acc1 = np.mean(accs[:3]), np.mean(accs[-5:])
     assert acc1 >= 0.85 and acc1 > acc0 + 0.2, (acc0, acc1)
 
 
