@@ -7,6 +7,7 @@ the timed steps, model TFLOP/s per device (analytic forward FLOPs x the step's f
 ``DistillTask.forwards_per_sample``), peak memory per device, the losses.
 
     PYTHONPATH=$PWD python bench/distill_step.py --preset wan2.1-t2v-1.3b                 # 1.3B, 480p, 21 latents
+    PYTHONPATH=$PWD python bench/distill_step.py --preset wan2.1-t2v-1.3b --yume-extras --history 4 --latent 8,60,104
     PYTHONPATH=$PWD python bench/distill_step.py --preset yume-i2v-14b --layers 4 --history 4
     PYTHONPATH=$PWD python bench/distill_step.py --preset yume-i2v-14b --layers 8 --mesh fsdp=8
     PYTHONPATH=$PWD python bench/distill_step.py --tiny                                   # CPU smoke test
@@ -55,13 +56,17 @@ def run(a) -> dict:
         f, h, w = a.latent or DEFAULT_LATENT.get(preset, (9, 68, 120))
         text_len, img_tokens = a.text_len, 257
         over = {"runtime.dtype": a.dtype, "runtime.remat": a.remat}
-        if a.layers:
-            over["model.dit.num_layers"] = str(a.layers)
     over.update({"model.preset": preset, "data.synthetic_history": str(a.history),
                  "distill.student_steps": str(a.student_steps), "distill.critic_steps": str(a.critic_steps),
                  "distill.history": a.mode, "distill.self_history": str(a.self_history).lower()})
     if a.history == 0:
         over["data.history_latents"] = "0"
+    if not a.tiny:  # the model preset as it is (not tiny-distill's overrides), at --layers, with --yume-extras
+        from yume_jax.presets import YUME_TIERS
+        dit_over = {"num_layers": a.layers} if a.layers else {}
+        if a.yume_extras:
+            dit_over.update(history_tiers=YUME_TIERS, sideblock=True, mask_token=True)
+        over["model.dit"] = json.dumps(dit_over)
     cfg = tc.resolve("tiny-distill", over)
     dit = cfg.dit_config()
     n = jax.device_count()
@@ -125,6 +130,8 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=None, help="blocks (reduced depth)")
     ap.add_argument("--latent", type=lambda s: tuple(int(x) for x in s.split(",")), default=None, help="chunk F,H,W")
     ap.add_argument("--history", type=int, default=0, help="history latent frames before the chunk")
+    ap.add_argument("--yume-extras", action="store_true", help="add Yume's history tiers, side block, mask token "
+                    "(a Wan preset with history)")
     ap.add_argument("--mode", default="noised", choices=["noised", "clean"])
     ap.add_argument("--self-history", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--text-len", type=int, default=512)
