@@ -127,6 +127,31 @@ class DistConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """The distillation task (``--task=distill``, :mod:`yume_jax.train.tasks.distill`; docs/distillation.md).
+    The student's learning rate and optimiser are ``--optim.*`` (EMA: ``--optim.ema_decay``)."""
+
+    teacher: str | None = None  # teacher DiT: a pipeline dir (its dit/) or a converted checkpoint; None:
+    #                             --model.init, else one random init shared by teacher, student and critic (tests)
+    student_steps: int = 4  # the student's Euler steps (its sigmas: shifted_sigmas(student_steps, shift) ...)
+    shift: float = 3.0
+    sigmas: tuple[float, ...] = ()  # ... or these explicit sigmas (student_steps + 1 values, decreasing, ending in 0)
+    guidance: float = 5.0  # CFG scale of the teacher's score (1: no unconditional evaluation)
+    critic_steps: int = 2  # critic + discriminator updates per student step
+    critic_lr: float = 1e-5  # the critic's (fake score + discriminator head) AdamW learning rate
+    dmd_weight: float = 1.0  # distribution matching loss of the student
+    adv_weight: float = 0.05  # generator-side hinge loss of the student
+    disc_weight: float = 1.0  # discriminator hinge loss in the critic's objective (next to its flow loss)
+    features_from: str = "critic"  # the discriminator reads the critic's (trained with it) or the teacher's features
+    feature_layers: tuple[int, ...] = ()  # DiT blocks whose outputs the head reads; (): the middle block
+    disc_hidden: int = 128  # hidden width of the discriminator head
+    t_min: float = 0.02  # re-noising range of the DMD gradient (uniform t)
+    t_max: float = 0.98
+    history: str = "both"  # history mode of the trained rollouts: noised | clean | both (alternating steps)
+    self_history: bool = True  # the last history frames are the student's own sample (train as it samples)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     name: str = "tiny-sandbox"
     task: str = "flow"  # the training task (TASKS): flow (rectified flow + MVDT on the DiT), ...
@@ -148,6 +173,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     vae: VAETaskConfig = field(default_factory=VAETaskConfig)  # --task=vae: yume_jax.train.tasks.vae.VAETaskConfig
+    distill: DistillConfig = field(default_factory=DistillConfig)  # --task=distill
 
     # derived views ------------------------------------------------------------------------------
     @property
@@ -284,6 +310,16 @@ def _sandbox_world() -> TrainConfig:
                           ema_decay=0.999),
         runtime=RuntimeConfig(dtype="bfloat16", remat="none"),
         checkpoint=CheckpointConfig(every=1000, max_to_keep=2))
+def _tiny_distill() -> TrainConfig:
+    """DMD2 + adversarial distillation of tiny-yume (2 layers, random teacher) to a 2-step student on random
+    latents (2 history + 2 chunk latent frames of 8x8): tests, CPU."""
+    base = _tiny_synthetic()
+    return base.replace(name="tiny-distill", task="distill", steps=6,
+                        model=ModelConfig(preset="tiny-yume", dit={"num_layers": 2, "history_tiers": ("2x",)}),
+                        objective=ObjectiveConfig(mvdt=False),
+                        optim=OptimConfig(lr=1e-3, weight_decay=0.0, clip_norm=1.0, ema_decay=0.9),
+                        distill=DistillConfig(student_steps=2, guidance=3.0, critic_steps=2, critic_lr=1e-3,
+                                              adv_weight=0.1, disc_hidden=16))
 
 
 PRESETS = {
@@ -295,6 +331,7 @@ PRESETS = {
     "tiny-t2v": _tiny_t2v,
     "wan1.3b-480p": _wan13b_480p,
     "yume14b-540p": _yume14b_540p,
+    "tiny-distill": _tiny_distill,
 }
 
 
@@ -441,6 +478,8 @@ def validate(cfg: TrainConfig) -> None:
            f"the data has history frames but {cfg.model.preset} has no history embeddings (use a yume preset, "
            "or set --data.history_latents=0 / no history in the data)")
     _check(d.synthetic_history >= 0, "--data.synthetic_history must be >= 0")
+    if cfg.task == "distill":
+        _validate_distill(cfg.distill, dit)
     c = cfg.checkpoint
     _check(c.every >= 1 and c.max_to_keep >= 1, "--checkpoint.every and max_to_keep must be >= 1")
     ds = cfg.dist
@@ -473,6 +512,29 @@ def _check_numbers(cfg: TrainConfig) -> None:
            "--data.generate and num_workers must be >= 0, generate_frames >= 1")
     _check(d.latent_channels >= 1 and all(s >= 1 for s in d.vae_stride),
            "--data.latent_channels and vae_stride must be >= 1")
+def _validate_distill(ds: DistillConfig, dit) -> None:
+    from yume_jax.sampling.schedules import explicit_sigmas
+    _check(ds.student_steps >= 1, f"--distill.student_steps must be >= 1, got {ds.student_steps}")
+    _check(ds.shift > 0, "--distill.shift must be positive")
+    if ds.sigmas:
+        try:
+            sig = explicit_sigmas(ds.sigmas)
+        except ValueError as e:
+            raise ConfigError(f"--distill.sigmas: {e}") from None
+        _check(len(sig) == ds.student_steps + 1, f"--distill.sigmas has {len(sig)} values; "
+               f"--distill.student_steps={ds.student_steps} needs {ds.student_steps + 1}")
+    _check(ds.guidance >= 1.0, f"--distill.guidance must be >= 1, got {ds.guidance}")
+    _check(ds.critic_steps >= 1, f"--distill.critic_steps must be >= 1, got {ds.critic_steps}")
+    _check(ds.critic_lr > 0, "--distill.critic_lr must be positive")
+    _check(min(ds.dmd_weight, ds.adv_weight, ds.disc_weight) >= 0, "--distill weights must be >= 0")
+    _check(ds.features_from in ("critic", "teacher"),
+           f"--distill.features_from must be critic or teacher, got {ds.features_from!r}")
+    _check(all(0 <= i < dit.num_layers for i in ds.feature_layers),
+           f"--distill.feature_layers {ds.feature_layers} must be in 0..{dit.num_layers - 1}")
+    _check(ds.disc_hidden >= 1, "--distill.disc_hidden must be >= 1")
+    _check(0.0 <= ds.t_min < ds.t_max <= 1.0, "--distill.t_min < t_max must lie in [0, 1]")
+    _check(ds.history in ("noised", "clean", "both"),
+           f"--distill.history must be noised, clean or both, got {ds.history!r}")
 
 
 def check_devices(cfg: TrainConfig, num_devices: int, num_processes: int = 1) -> dict[str, int]:
@@ -527,4 +589,12 @@ def vae_task(cfg: TrainConfig):
         raise ConfigError(f"--vae: {e}") from None
 
 
-TASKS = {"flow": flow_task, "vae": vae_task}  # --task=NAME -> builder(cfg) of the trainer's task
+def distill_task(cfg: TrainConfig):
+    """The DMD2 + adversarial distillation task (:class:`yume_jax.train.tasks.distill.DistillTask`) of ``cfg``."""
+    from yume_jax.train.tasks.distill import DistillTask
+    return DistillTask(dit=cfg.dit_config(), raw=cfg.raw_config(), data=cfg.data, objective=cfg.objective,
+                       optim=cfg.optim, runtime=cfg.runtime_obj(), steps=cfg.steps, seed=cfg.seed,
+                       init=cfg.model.init, model_seed=cfg.model.seed, distill=cfg.distill)
+
+
+TASKS = {"flow": flow_task, "vae": vae_task, "distill": distill_task}  # --task=NAME -> builder(cfg) of the trainer's task

@@ -172,7 +172,6 @@ def parse_command(line: str):
 
 def build_config(a, pipe):
     from yume_jax.rollout import RolloutConfig
-    from yume_jax.sampling.api import AAMConfig, SamplerConfig
 
     d = pipe.run_defaults()
 
@@ -181,10 +180,11 @@ def build_config(a, pipe):
             return check_number(name, getattr(a, name), "--" + name.replace("_", "-"))
         return check_number(name, d.get(name, default), f"{Path(pipe.source) / 'pipeline.json'}: {name}")
 
-    steps = pick("steps", 4)
-    cfg = pick("cfg", 5.0)
-    sampler = SamplerConfig(name=a.sampler or d.get("sampler", "euler"), steps=steps, cfg_scale=cfg,
-                            aam=AAMConfig(steps=min(4, steps)) if a.aam else None)
+    def flag(name):  # the flag if given (checked), else None (the pipeline's sampler defaults decide)
+        v = getattr(a, name)
+        return None if v is None else check_number(name, v, "--" + name.replace("_", "-"))
+
+    sampler = pipe.sampler_config(name=a.sampler, steps=flag("steps"), cfg_scale=flag("cfg"), aam=a.aam)
     if a.prompt is not None and a.caption is not None:
         raise ValueError("give --prompt or --caption, not both (both set the scene caption)")
     caption = a.caption if a.caption is not None else a.prompt

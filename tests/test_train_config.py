@@ -122,7 +122,7 @@ def test_configlib_on_any_dataclass():
 
 
 def test_unknown_config_name():
-    with pytest.raises(tc.ConfigError, match="unknown config 'nope'; named configs: tiny-sandbox"):
+    with pytest.raises(tc.ConfigError, match="unknown config 'nope'; named configs: tiny-distill, tiny-sandbox"):
         tc.resolve("nope")
 
 

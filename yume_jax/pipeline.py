@@ -62,6 +62,11 @@ class Pipeline:
         base = {"history_mode": "clean", "steps": 4, "sampler": "euler"} if self.ti2v else {}
         return {**base, **self.defaults}
 
+    def sampler_config(self, *, name: str | None = None, steps: int | None = None, cfg_scale: float | None = None,
+                       aam: bool = False) -> sampling.SamplerConfig:
+        """The sampler of a run on this pipeline: :func:`sampler_config` of :meth:`run_defaults`."""
+        return sampler_config(self.run_defaults(), name=name, steps=steps, cfg_scale=cfg_scale, aam=aam)
+
     def check(self):
         c = self.dit.config
         if c.in_channels not in (self.z_dim, 2 * self.z_dim + 4):
@@ -159,6 +164,21 @@ class Pipeline:
                 return jax.block_until_ready(out)
             finally:
                 self._progress = None
+
+
+def sampler_config(defaults: dict, *, name: str | None = None, steps: int | None = None,
+                   cfg_scale: float | None = None, aam: bool = False) -> sampling.SamplerConfig:
+    """A run's sampler: arguments given (not None) over the pipeline.json ``defaults``' ``sampler``, ``steps``,
+    ``cfg``, ``shift`` and ``sigmas`` (a distilled student's explicit schedule, used when the step count is its
+    own; python -m train.export_student writes it), over 4 Euler steps with CFG 5."""
+    d = defaults
+    sig = d.get("sigmas")
+    steps = steps or d.get("steps") or (len(sig) - 1 if sig else 4)
+    return sampling.SamplerConfig(
+        name=name or d.get("sampler", "euler"), steps=steps, shift=d.get("shift", 3.0),
+        cfg_scale=cfg_scale if cfg_scale is not None else d.get("cfg", 5.0),
+        explicit_sigmas=tuple(sig) if sig and len(sig) == steps + 1 else None,
+        aam=sampling.AAMConfig(steps=min(4, steps)) if aam else None)
 
 
 def load_pipeline(path) -> Pipeline:

@@ -77,6 +77,22 @@ class RolloutConfig:
         d["sampler"] = self.sampler.to_dict()
         return d
 
+    @classmethod
+    def for_pipeline(cls, pipe: Pipeline, **overrides) -> "RolloutConfig":
+        """A config with ``pipe``'s pipeline.json defaults (:meth:`from_defaults` of its run defaults)."""
+        return cls.from_defaults(pipe.run_defaults(), **overrides)
+
+    @classmethod
+    def from_defaults(cls, d: dict, **overrides) -> "RolloutConfig":
+        """A config from pipeline.json defaults ``d`` (size, chunk, history mode, prompt style, the sampler with
+        a student's explicit sigmas: :func:`yume_jax.pipeline.sampler_config`), ``overrides`` on top."""
+        from yume_jax.pipeline import sampler_config
+
+        mode = {"noised": "renoise"}.get(d.get("history_mode"), d.get("history_mode"))
+        base = {k: d[k] for k in ("height", "width", "chunk_frames", "max_history", "prompt_style") if k in d}
+        base.update(sampler=sampler_config(d), **({"history_mode": mode} if mode else {}))
+        return cls(**{**base, **overrides})
+
 
 class Session:
     """One exploration on a shared pipeline: history latents, decoder state, prompts, records."""

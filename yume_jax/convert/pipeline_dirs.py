@@ -128,6 +128,19 @@ def _trained_size(cfg: dict) -> dict:
     return out
 
 
+def student_defaults(cfg: dict) -> dict:
+    """pipeline.json sampler defaults of a distillation run (``task: distill``): the student's Euler steps at the
+    exact sigmas it was trained at, without guidance; {} for other runs."""
+    if cfg.get("task") != "distill":
+        return {}
+    from yume_jax.sampling.schedules import explicit_sigmas, shifted_sigmas
+
+    d = cfg.get("distill", {})
+    sig = explicit_sigmas(d["sigmas"]) if d.get("sigmas") else shifted_sigmas(d.get("student_steps", 4),
+                                                                               d.get("shift", 3.0))
+    return {"sampler": "euler", "steps": len(sig) - 1, "sigmas": [float(x) for x in sig], "cfg": 1.0}
+
+
 def from_workdir(workdir, *, encoders=None, step: int | None = None) -> Path:
     """``<workdir>/pipeline/step_<N>`` from the training run at ``workdir`` (see the module doc)."""
     from yume_jax.core import params as P
@@ -151,7 +164,7 @@ def from_workdir(workdir, *, encoders=None, step: int | None = None) -> Path:
     if (out / PIPELINE_JSON).is_file() and encoders is None:
         return out
     dcfg = _dit_config(cfg)
-    entry = state["dit"]
+    entry = state["student"] if "student" in state else state["dit"]  # a distillation run: its student
     tree = entry["ema"] if entry.get("ema") else entry["params"]
     flat = {k: np.asarray(v) for k, v in P.flatten(tree).items()}
     with atomic_dir(out) as tmp:
@@ -165,5 +178,6 @@ def from_workdir(workdir, *, encoders=None, step: int | None = None) -> Path:
         defaults = {"history_mode": "clean" if cfg.get("objective", {}).get("history") == "clean" else "renoise",
                     "source": str(workdir.resolve()), "step": n, "weights": "ema" if entry.get("ema") else "params"}
         defaults.update(_trained_size(cfg))
+        defaults.update(student_defaults(cfg))
         (tmp / PIPELINE_JSON).write_text(json.dumps(defaults, indent=1))
     return out

@@ -114,17 +114,13 @@ class Pipeline:
     def __init__(self, spec: RunSpec, default_dir: Callable[[], str] | None = None):
         from yume_jax.pipeline import load_pipeline
         from yume_jax.rollout import RolloutConfig
-        from yume_jax.sampling.api import AAMConfig, SamplerConfig
 
         path = spec.checkpoint or (default_dir() if default_dir else None)
         if path is None:
             raise ValueError(f"run {spec.name!r}: no checkpoint")
         self.pipe = load_pipeline(path)
         d = self.pipe.defaults
-        steps = spec.steps or d.get("steps", 4)
-        sampler = SamplerConfig(name=spec.sampler, steps=steps,
-                                cfg_scale=spec.cfg if spec.cfg is not None else d.get("cfg", 5.0),
-                                aam=AAMConfig(steps=min(4, steps)) if spec.aam else None)
+        sampler = self.pipe.sampler_config(name=spec.sampler, steps=spec.steps, cfg_scale=spec.cfg, aam=spec.aam)
         self.config = RolloutConfig(height=spec.height or d.get("height", 96), width=spec.width or d.get("width", 160),
                                     chunk_frames=spec.chunk_frames or d.get("chunk_frames", 2),
                                     history_mode=spec.history_mode, seed=spec.seed, sampler=sampler,

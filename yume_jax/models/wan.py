@@ -258,6 +258,21 @@ class WanDiT(nnx.Module):
         cos, sin = rope_lib.rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
         return self._scan(x, cond, (cos, sin), rt, layers, blocks, cache=cache, refresh=refresh)
 
+    def block_features(self, x: jax.Array, cond: Conditioning, positions: np.ndarray, rt: Runtime,
+                       layers: tuple[int, ...]) -> list[jax.Array]:
+        """The residual stream (B, L, D) float32 after each block of ``layers`` (0-based, in the order given),
+        running the blocks only up to the last of them (consecutive scanned segments of :meth:`_scan`, so
+        compile time stays flat in depth). Intermediate DiT features for a discriminator head."""
+        n = self.cfg.num_layers
+        if not layers or any(not 0 <= int(i) < n for i in layers):
+            raise ValueError(f"feature layers {layers} must be non-empty and in 0..{n - 1}")
+        rope = rope_lib.rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
+        out, start = {}, 0
+        for stop in sorted({int(i) + 1 for i in layers}):
+            x = self._scan(x, cond, rope, rt, layers=(start, stop))
+            out[stop - 1], start = x, stop
+        return [out[int(i)] for i in layers]
+
     def _scan(self, x, cond, rope, rt, layers=None, blocks=None, cache: BlockCache | None = None, refresh=None):
         """The blocks, one ``lax.scan`` over the stacked layer axis.
 

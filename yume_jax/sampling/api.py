@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from yume_jax.sampling import aam, cfg, registry, sde, tts
 from yume_jax.sampling.frozen import Frozen
 from yume_jax.sampling.loop import stateless
-from yume_jax.sampling.schedules import shifted_sigmas
+from yume_jax.sampling.schedules import explicit_sigmas, shifted_sigmas
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,15 @@ class SamplerConfig:
     sde_last: str = "spec"  # "spec": the spec's final SDE step; "ode": final step to x0_hat (see sde.py)
     tts: TTSConfig = field(default_factory=TTSConfig)
     aam: Optional[AAMConfig] = None
+    explicit_sigmas: Optional[tuple[float, ...]] = None  # steps + 1 sigmas used instead of the shifted schedule
 
     def __post_init__(self):
+        if self.explicit_sigmas is not None:
+            explicit_sigmas(self.explicit_sigmas)  # validates
+            object.__setattr__(self, "explicit_sigmas", tuple(float(x) for x in self.explicit_sigmas))
+            if len(self.explicit_sigmas) != self.steps + 1:
+                raise ValueError(f"{len(self.explicit_sigmas)} explicit sigmas for {self.steps} steps "
+                                 f"(need steps + 1)")
         if isinstance(self.tts, dict):
             object.__setattr__(self, "tts", TTSConfig(**self.tts))
         if isinstance(self.aam, dict):
@@ -77,6 +84,8 @@ class SamplerConfig:
 
     @property
     def sigmas(self):
+        if self.explicit_sigmas is not None:
+            return explicit_sigmas(self.explicit_sigmas)
         return shifted_sigmas(self.steps, self.shift)
 
     @property

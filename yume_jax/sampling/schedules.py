@@ -31,3 +31,14 @@ def shifted_sigmas(steps: int, shift: float) -> np.ndarray:
 def model_timestep(sigma):
     """The timestep the Wan/Yume network sees for a sigma (scalar or per-token): sigma * 1000."""
     return sigma * NUM_TRAIN_TIMESTEPS
+
+
+def explicit_sigmas(values) -> np.ndarray:
+    """An explicit schedule (a distilled student's: the sigmas it was trained at, pipeline.json ``sigmas``) as
+    float32 numpy, checked: N + 1 >= 2 values in [0, 1], strictly decreasing, ending in 0."""
+    s = np.asarray(values, np.float64)
+    if s.ndim != 1 or s.shape[0] < 2:
+        raise ValueError(f"sigmas must be a list of at least 2 values, got {values!r}")
+    if not (np.all(np.isfinite(s)) and s[0] <= 1.0 and s[-1] == 0.0 and np.all(np.diff(s) < 0)):
+        raise ValueError(f"sigmas must decrease strictly from <= 1 to a final 0, got {list(map(float, s))}")
+    return s.astype(np.float32)
