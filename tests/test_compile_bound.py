@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +73,50 @@ def test_hundred_chunks_compile_a_bounded_set_all_in_the_first_chunks(tmp_path):
     assert seen[-1] - start <= BOUND, f"{seen[-1] - start} programs > bound {BOUND}"
     m = session.metrics()
     assert m["chunks"] == CHUNKS and m["history_frames"] == 7 and m["s_per_chunk"] > 0
+
+
+CACHE_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from infer.explore import parse_args
+    from yume_jax.pipeline import CompileCounter, enable_compile_cache, load_pipeline
+    from yume_jax.rollout import RolloutConfig, Session
+    from yume_jax.sampling.api import SamplerConfig
+
+    a = parse_args(["--compile-cache", sys.argv[2]])  # the explorer's flag, as infer.explore wires it
+    where = enable_compile_cache(a.compile_cache)
+    if sys.argv[3] == "save":  # the first process writes the tiny pipeline (its programs are cached too)
+        from yume_jax.testing import save_tiny_pipeline
+        save_tiny_pipeline(sys.argv[1], kind="ti2v")
+    before = CompileCounter.snapshot()
+    pipe = load_pipeline(sys.argv[1])
+    cfg = RolloutConfig(height=32, width=64, chunk_frames=1, history_mode="clean",
+                        sampler=SamplerConfig(steps=1, cfg_scale=1.0), history_buckets=(5,))
+    s = Session(pipe, cfg)  # text-only start (the Yume-5B layout allows it): no start encode to compile
+    frames = [f for f, _ in s.explore(["W", "A"])]
+    after = CompileCounter.snapshot()
+    print(json.dumps(dict({k: after[k] - before[k] for k in ("requests", "cache_hits", "compiled")},
+                          where=str(where), frames=len(frames))))
+""")
+
+
+@pytest.mark.slow
+def test_second_process_with_the_persistent_cache_compiles_nothing(tmp_path):
+    """Two processes, one cache directory: the second reads every program back (cache hits), compiles none."""
+    from yume_jax.pipeline import enable_compile_cache
+
+    d = tmp_path / "tiny"
+    cache = tmp_path / "xla"
+    runs = []
+    for mode in ("save", "load"):
+        t0 = time.perf_counter()
+        p = subprocess.run([sys.executable, "-c", CACHE_SCRIPT, str(d), str(cache), mode], cwd=ROOT, capture_output=True,
+                           text=True, timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+        assert p.returncode == 0, p.stderr[-3000:]
+        runs.append(dict(json.loads(p.stdout.strip().splitlines()[-1]), wall=time.perf_counter() - t0))
+    first, second = runs
+    assert first["where"] == second["where"] == str(cache) and first["frames"] == second["frames"] == 2
+    assert first["compiled"] > 10 and first["cache_hits"] == 0
+    # (the first process obtained a few more: programs the tiny pipeline's writing had already compiled)
+    assert second["compiled"] == 0 and 0 < second["cache_hits"] == second["requests"] <= first["requests"]
+    assert enable_compile_cache("off") is None  # "off" disables (jax's own default: no cache directory)
