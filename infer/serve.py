@@ -45,6 +45,7 @@ from yume_jax.core import cli
 PAGE = Path(__file__).with_name("serve.html")
 KEY_TOKENS = {"w": "W", "a": "A", "s": "S", "d": "D", "arrowup": "↑", "arrowdown": "↓", "arrowleft": "←",
               "arrowright": "→", "↑": "↑", "↓": "↓", "←": "←", "→": "→"}
+IDLE_S = 300  # a created session never opened over a WebSocket is freed after this long
 OPPOSITE = (("W", "S"), ("A", "D"), ("↑", "↓"), ("←", "→"))
 
 
@@ -173,6 +174,10 @@ class Server:
             if min(image.shape[:2]) < 8:
                 raise BadRequest(f"image too small: {image.shape[1]}x{image.shape[0]}")
             start = "upload"
+        with self.lock:  # sessions created but never opened (no WebSocket within IDLE_S) are freed first
+            stale = [t for t in self.tabs.values() if not t.connected and time.time() - t.created > IDLE_S]
+        for t in stale:
+            self.free(t.id)
         with self.lock:
             if len(self.tabs) >= self.max_sessions:
                 raise Busy(f"{len(self.tabs)} sessions open (--max-sessions {self.max_sessions}): close a tab")

@@ -243,6 +243,8 @@ class Session:
         t_sample = time.perf_counter() - t1
         self.history = new if self.history is None else jnp.concatenate([self.history, new], axis=2)
         t2 = time.perf_counter()
+        # the causal VAE: a stream's first latent frame decodes to 1 video frame, every later one to 4
+        n_video = 4 * c.chunk_frames - (3 if self.decode_state is None else 0)
         video, self.decode_state = pipe.vae.stream_decode(new, self.decode_state)
         if self.encode_state is not None:  # the new pixel frames continue the history's encode stream
             new_y, self.encode_state = pipe.vae.stream_encode(video, self.encode_state)
@@ -258,7 +260,7 @@ class Session:
             timings = dict(text=round(t_text, 4), dispatch=round(t_sample + t_decode, 4))
         rec = dict(chunk=idx, action=str(action), prompt=text, negative_prompt=c.negative_prompt, seed=c.seed,
                    key_fold=idx, history_frames=hist, history_stored=stored, new_latent_frames=c.chunk_frames,
-                   video_frames=4 * c.chunk_frames if stored or idx else None, timings_s=timings,
+                   video_frames=n_video, timings_s=timings,
                    sampler_compiles=self.sampler.traces)
         self.records.append(rec)
         return Chunk(self, rec, video, time.perf_counter())
