@@ -71,6 +71,9 @@ def parse_args(argv):
     ap.add_argument("--image", nargs="+", help="image-start mode: your own start images (no ground truth)")
     ap.add_argument("--actions", help="image-start mode: the script, e.g. 'W*4, →*4'")
     ap.add_argument("--out", default="eval", help="report directory")
+    from infer.explore import add_compile_cache_flag
+
+    add_compile_cache_flag(ap)
     return ap.parse_args(argv)
 
 
@@ -92,6 +95,9 @@ def check_spec(s) -> None:
 
 def run(a) -> int:
     from yume_jax.eval import harness
+    from yume_jax.pipeline import enable_compile_cache
+
+    enable_compile_cache(a.compile_cache)
 
     base = harness.RunSpec(name="pipeline", checkpoint=a.checkpoint, steps=a.steps, sampler=a.sampler, cfg=a.cfg,
                            aam=a.aam, cache=a.cache, history_mode=a.history_mode, chunk_frames=a.chunk_frames,

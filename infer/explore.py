@@ -119,7 +119,16 @@ def parse_args(argv):
     ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="explore.mp4")
+    add_compile_cache_flag(ap)
     return ap.parse_args(argv)
+
+
+def add_compile_cache_flag(ap) -> None:
+    """``--compile-cache DIR|off`` (shared by infer.explore, infer.serve, infer.evaluate)."""
+    ap.add_argument("--compile-cache", default=None, metavar="DIR",
+                    help="JAX persistent compilation cache: a second launch reads its programs back instead of "
+                         "compiling them (default: $YUME_JAX_COMPILE_CACHE, else ~/.cache/yume-jax/xla; 'off' "
+                         "disables)")
 
 
 def read_image(path: str) -> np.ndarray:
@@ -226,6 +235,9 @@ def _run_locked(a, out: Path, sidecar: Path) -> int:
     from yume_jax.pipeline import load_pipeline
     from yume_jax.rollout import Session
 
+    from yume_jax.pipeline import enable_compile_cache
+
+    enable_compile_cache(a.compile_cache)
     scripted = None
     if a.actions is not None:
         try:

@@ -224,6 +224,24 @@ def test_only_new_frames_are_decoded(pipe, image):
     np.testing.assert_allclose(to_uint8(whole).astype(int), v.astype(int), atol=1)
 
 
+def test_pipelined_explore_equals_step_and_reports_the_critical_path(pipe, image):
+    """Session.explore dispatches chunk i+1 before fetching chunk i: same frames as step(), bit exact, and
+    each record says where the chunk's time went; bucketed history feeds anchor + newest frames."""
+    actions = ["W", "A", "W+→"]
+    stepped, v = _run(pipe, image, actions, history_buckets=(5, 7))
+    s = Session(pipe, _cfg(history_buckets=(5, 7)), image=image)
+    got = list(s.explore(iter(actions)))
+    np.testing.assert_array_equal(np.concatenate([s.initial_frames] + [f for f, _ in got]), v)
+    assert [(r["history_stored"], r["history_frames"]) for r in s.records] == [(5, 5), (6, 5), (7, 7)]
+    for r in s.records:
+        cp = r["critical_path_s"]
+        assert set(cp) == {"text", "dispatch", "wait", "interval"} and cp["wait"] >= 0
+    assert s.records[0]["critical_path_s"]["interval"] is None and s.records[2]["critical_path_s"]["interval"] > 0
+    assert set(stepped.records[0]["timings_s"]) == {"text", "sample", "decode"}
+    m = s.metrics()
+    assert m["chunks"] == 3 and m["history_frames"] == 7 and m["fps"] > 0
+
+
 # ---------------------------------------------------------------------------------------------
 # the CLI
 

@@ -24,6 +24,79 @@ from yume_jax.sampling import api as sampling
 from yume_jax.sampling import cache as block_cache
 
 PIPELINE_JSON = "pipeline.json"
+COMPILE_CACHE_ENV = "YUME_JAX_COMPILE_CACHE"
+
+
+# -- compiles: counting them, and JAX's persistent compilation cache --------------------------------
+
+class CompileCounter:
+    """Process-wide counts of XLA programs, from JAX's monitoring events: ``requests`` (every program JAX
+    had to obtain, compiled or read back), ``cache_hits`` (read back from the persistent compilation cache),
+    ``compiled`` = requests - cache_hits (real XLA compiles). Listeners are registered once per process;
+    :meth:`snapshot` and differences of snapshots measure a span of work."""
+
+    _installed = False
+    requests = 0
+    cache_hits = 0
+    compile_s = 0.0
+
+    @classmethod
+    def install(cls) -> None:
+        if cls._installed:
+            return
+        from jax import monitoring
+        from jax._src import dispatch
+
+        def on_duration(event, duration, **kw):
+            if event == dispatch.BACKEND_COMPILE_EVENT:
+                cls.requests += 1
+                cls.compile_s += float(duration)
+
+        def on_event(event, **kw):
+            if event == "/jax/compilation_cache/cache_hits":
+                cls.cache_hits += 1
+
+        monitoring.register_event_duration_secs_listener(on_duration)
+        monitoring.register_event_listener(on_event)
+        cls._installed = True
+
+    @classmethod
+    def snapshot(cls) -> dict:
+        cls.install()
+        return dict(requests=cls.requests, cache_hits=cls.cache_hits, compiled=cls.requests - cls.cache_hits,
+                    compile_s=round(cls.compile_s, 3))
+
+
+def default_compile_cache_dir() -> Path:
+    """``$YUME_JAX_CACHE/xla`` (default ``~/.cache/yume-jax/xla``), beside the explorer's default model."""
+    import os
+
+    return Path(os.environ.get("YUME_JAX_CACHE", Path.home() / ".cache" / "yume-jax")) / "xla"
+
+
+def enable_compile_cache(where: Optional[str] = None) -> Optional[Path]:
+    """Turn on JAX's persistent compilation cache for this process, so a second launch reads its programs
+    back instead of compiling them; returns the directory, or None when disabled.
+
+    ``where``: a directory, ``"off"`` (disabled), or None: ``$YUME_JAX_COMPILE_CACHE`` if set (which may
+    also be ``off``), else :func:`default_compile_cache_dir`. Every program is cached, however small or
+    quick to compile (min compile time 0, min entry size 0): on CPU most programs compile in well under
+    JAX's default one-second threshold. Call before the first compile."""
+    import os
+
+    if where is None:
+        where = os.environ.get(COMPILE_CACHE_ENV) or str(default_compile_cache_dir())
+    CompileCounter.install()
+    if str(where).strip().lower() in ("off", "none", "0", "false", ""):
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    path = Path(where).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
 
 
 @dataclass
@@ -142,8 +215,11 @@ class Pipeline:
 
     def sample(self, config: sampling.SamplerConfig, chunk_frames: int, noise, cond, uncond=None, *,
                key=None, frozen=None, cache: Optional[block_cache.CacheConfig] = None,
-               on_step: Optional[Callable[[int], None]] = None) -> jax.Array:
-        """Denoise [history | chunk] ``noise`` to latents (blocking), with the shared compiled sampler.
+               on_step: Optional[Callable[[int], None]] = None, block: bool = True) -> jax.Array:
+        """Denoise [history | chunk] ``noise`` to latents with the shared compiled sampler. ``block=False``
+        returns as soon as the program is dispatched (JAX asynchronous dispatch; the lock then serialises
+        dispatch, and the device runs the sessions' programs in order); a progress hook always blocks, as it
+        is routed to its session only while the lock is held.
 
         ``cond``/``uncond``: contexts (text, [image], [y]); ``uncond`` is ignored without guidance.
         ``cache``: block residual caching (its blocks are data: any layout of the same size reuses the
@@ -161,7 +237,7 @@ class Pipeline:
             try:
                 out = sampler(self.dit.params, noise, cond, uncond if guided else None,
                               key=key if config.stochastic else None, frozen=frozen, state=state)
-                return jax.block_until_ready(out)
+                return jax.block_until_ready(out) if block or on_step is not None else out
             finally:
                 self._progress = None
 

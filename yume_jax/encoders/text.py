@@ -6,9 +6,11 @@
 
 ``encode`` follows Wan's ``T5EncoderModel.__call__`` plus the pipeline's padding: clean the text,
 tokenize (EOS appended; longer than ``text_len`` tokens: truncated with a warning, as Wan's tokenizer
-does), encode, keep the real tokens, zero-pad to ``text_len`` (512). Padded keys are masked, so the
-encoder runs at the smallest power-of-two length (>= 16) that holds the batch instead of 512 (the
-real rows agree to float rounding) and compiles once per (batch, length bucket).
+does), encode, keep the real tokens, zero-pad to ``text_len`` (512). By default the encoder runs at the
+fixed padded length ``text_len``, as Wan's tokenizer pads (``padding="max_length"``): ONE program per batch
+size, so a new prompt never recompiles (issue 17). ``fixed_length=False`` runs at the smallest power-of-two
+length (>= 16) that holds the batch instead (padded keys are masked, so the real rows agree with the fixed
+length to float rounding; cheaper for short prompts on a large encoder, one program per length bucket).
 """
 from __future__ import annotations
 
@@ -35,11 +37,12 @@ class TextEncoder:
     """A umT5 encoder bound to its parameters, compute dtype, tokenizer and prompt cache."""
 
     def __init__(self, model: UMT5Encoder, *, dtype="float32", tokenizer=None, text_len: int = TEXT_LEN,
-                 cache: PromptCache | None = DEFAULT_CACHE, identity: str | None = None):
+                 cache: PromptCache | None = DEFAULT_CACHE, identity: str | None = None, fixed_length: bool = True):
         self.config: UMT5Config = model.cfg
         self.dtype = jnp.dtype(dtype)
         self.tokenizer = tokenizer
         self.text_len = text_len
+        self.fixed_length = fixed_length
         self.cache = cache
         self.identity = identity or uuid.uuid4().hex  # unknown provenance: never shares cache entries
         self.graphdef, self.params = nnx.split(model)
@@ -136,7 +139,7 @@ class TextEncoder:
     def _compute(self, ids: np.ndarray, lengths: np.ndarray) -> jax.Array:
         """The encoder run behind ``encode``: (n, L) ids -> (n, text_len, dim), padding rows zero."""
         n = ids.shape[1]
-        bucket = min(self.text_len, max(16, 1 << (n - 1).bit_length()))
+        bucket = self.text_len if self.fixed_length else min(self.text_len, max(16, 1 << (n - 1).bit_length()))
         ids = np.pad(ids, ((0, 0), (0, bucket - n)))
         mask = (np.arange(bucket)[None] < lengths[:, None]).astype(np.int32)
         return self._padded(self.params, jnp.asarray(ids), jnp.asarray(mask))
@@ -144,13 +147,15 @@ class TextEncoder:
 
 def load_text_encoder(path: str | os.PathLike, *, dtype: str | None = None,
                       tokenizer_dir: str | os.PathLike | None = None, tokenizer: str | None = None,
-                      text_len: int = TEXT_LEN, cache: PromptCache | None = DEFAULT_CACHE) -> TextEncoder:
+                      text_len: int = TEXT_LEN, cache: PromptCache | None = DEFAULT_CACHE,
+                      fixed_length: bool = True) -> TextEncoder:
     """Load a converted umT5 checkpoint (family ``t5``).
 
     ``dtype``: compute and parameter dtype (default: bfloat16 for a bfloat16 checkpoint, else float32).
     ``tokenizer``: override the checkpoint's choice (``umt5`` | ``byt5`` | ``none``). The umT5 tokenizer is
     read from ``tokenizer_dir``, else from ``<path>/tokenizer`` when that exists. ``cache=None`` disables
-    the prompt cache."""
+    the prompt cache. ``fixed_length``: encode at ``text_len`` tokens (one program), else at a power-of-two
+    bucket."""
     src = open_checkpoint(path, "t5")
     cfg = UMT5Config.from_dict(src.meta["config"])
     if tokenizer is not None:
@@ -163,4 +168,5 @@ def load_text_encoder(path: str | os.PathLike, *, dtype: str | None = None,
     model = fill(abstract, src)
     tok_id = [cfg.tokenizer, os.path.abspath(tokenizer_dir) if tokenizer_dir else None]
     ident = ckpt.identity(src, dtype=dt.name, tokenizer=tok_id, text_len=text_len)
-    return TextEncoder(model, dtype=dt, tokenizer=tok, text_len=text_len, cache=cache, identity=ident)
+    return TextEncoder(model, dtype=dt, tokenizer=tok, text_len=text_len, cache=cache, identity=ident,
+                       fixed_length=fixed_length)

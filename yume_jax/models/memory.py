@@ -20,6 +20,14 @@ usually the input image) and the newest 1365 frames; older frames are dropped.
 Tokens are ordered [groups in the order above, then the current chunk], frame-major inside a
 group. RoPE: the frame index runs on across groups (each group's frames take the next indices, the
 chunk continues after the history); height and width indices come from each group's own grid.
+
+Bounded shapes (issue 17): every history length is a new model input shape, so an exploration whose history
+grows compiles a new program per chunk. :func:`bucket_frames` picks the frames fed to the model from a
+longer history: the anchor (frame 0) and the newest ``b - 1`` frames, ``b`` the largest length of a small
+bucket set not above the history length. Lengths in the set are exact (all frames); between buckets the
+oldest non-anchor frames, those in the most compressed tier, are left out of that chunk's input (they stay
+in the session's history). :data:`BUCKETS` holds 1..6 (every H of the first regime) and then lengths on a
+~sqrt(2) ladder that includes each regime's upper bound (22, 86, 342, 1366): at most 22 shapes ever.
 """
 from __future__ import annotations
 
@@ -75,6 +83,33 @@ def select_frames(h: int) -> np.ndarray:
     if h <= MAX_HISTORY:
         return np.arange(h)
     return np.concatenate([[0], np.arange(h - MAX_HISTORY + 1, h)])
+
+
+BUCKETS = (1, 2, 3, 4, 5, 6, 9, 14, 22, 32, 45, 64, 86, 128, 181, 256, 342, 512, 724, 1024, 1366)
+
+
+def check_buckets(buckets) -> tuple[int, ...]:
+    """``buckets`` as a strictly increasing tuple of ints in [1, MAX_HISTORY]; ValueError otherwise."""
+    b = tuple(int(x) for x in buckets)
+    if not b or any(x < 1 or x > MAX_HISTORY for x in b) or any(x >= y for x, y in zip(b, b[1:])):
+        raise ValueError(f"history buckets must be increasing lengths in [1, {MAX_HISTORY}], got {buckets!r}")
+    return b
+
+
+def bucket_length(h: int, buckets) -> int:
+    """The history length fed to the model for ``h`` frames: the largest bucket <= h (h itself below the
+    smallest bucket, so a short history is never padded or dropped)."""
+    fit = [b for b in buckets if b <= h]
+    return max(fit) if fit else h
+
+
+def bucket_frames(h: int, buckets) -> np.ndarray:
+    """Indices of the frames of an ``h``-frame history fed to the model under ``buckets``: frame 0 (the
+    anchor) and the newest ``bucket_length(h) - 1`` frames (all frames when ``h`` is a bucket)."""
+    n = bucket_length(h, buckets)
+    if n >= h:
+        return np.arange(h)
+    return np.concatenate([[0], np.arange(h - n + 1, h)]).astype(int)
 
 
 def grid_after(tier: str, hh: int, ww: int, patch: int = 2) -> tuple[int, int]:
