@@ -48,7 +48,7 @@ def test_overrides_nested_and_json_round_trip(tmp_path):
     assert tc.resolve(str(path), ["--steps=5"]).steps == 5
     for name in tc.PRESETS:
         # presets that train from a latent dataset (real encoders) need its path
-        c = tc.resolve(name, ["--data.path=/data/latents"] if name == "yume14b-540p" else [])
+        c = tc.resolve(name, ["--data.path=/data/latents"] if name in ("yume14b-540p", "sandbox-world") else [])
         assert tc.from_dict(c.to_dict()) == c
 
 
@@ -122,7 +122,7 @@ def test_configlib_on_any_dataclass():
 
 
 def test_unknown_config_name():
-    with pytest.raises(tc.ConfigError, match="unknown config 'nope'; named configs: tiny-distill, tiny-sandbox"):
+    with pytest.raises(tc.ConfigError, match="unknown config 'nope'; named configs: sandbox-vae, sandbox-world, tiny-distill, tiny-sandbox"):
         tc.resolve("nope")
 
 
