@@ -128,6 +128,7 @@ def test_dmd_gradient_vanishes_when_critic_equals_teacher():
     assert np.isfinite(float(loss)) and float(g) > 0
 
 
+@pytest.mark.slow
 def test_discriminator_on_dit_features_learns_real_from_fake():
     """A tiny DiT (the critic) and the head trained with the hinge loss: real latents have mean +0.5, fake
     -0.5; held-out accuracy must rise well above chance."""
