@@ -4,6 +4,7 @@ stage are in ``train/default_model.sh``.
     python -m train.default_model encoders OUT            # frozen random sandbox umT5 (ByT5 bytes) + CLIP
     python -m train.default_model export-vae RUN OUT      # a --task=vae run -> OUT/vae (latent statistics measured)
     python -m train.default_model eval-vae VAE_DIR        # PSNR / SSIM on held-out sandbox walks (JSON line)
+    python -m train.default_model export-dit RUN OUT      # a flow run's EMA DiT (bf16): the next stage's --model.init
     python -m train.default_model ship PIPELINE OUT       # a trained pipeline -> the shipped directory (bf16, sha256)
 
 The frozen encoders are random (seeded): the DiT learns to read them (issue 15 allows it; no pretrained
@@ -86,6 +87,27 @@ def eval_vae(path, num: int = 32, frames: int = 33) -> dict:
             "ssim": float(np.mean(ss)), "psnr_min_db": float(np.min(ps))}
 
 
+def export_dit(run, out, dtype: str = "bfloat16") -> Path:
+    """The EMA (else current) DiT weights of a flow run as a ``dit`` checkpoint in ``dtype``: what the next
+    stage starts from (``--model.init=OUT``; bf16 keeps it under the device tool's 16 MiB per file)."""
+    import ml_dtypes
+
+    from configs import train as tc
+    from yume_jax.core import params as P
+    from yume_jax.core.checkpoint import write_checkpoint
+    from yume_jax.train.checkpoint import read_state
+
+    cfg = tc.from_dict(json.loads((Path(run) / "config.json").read_text()))
+    step, state = read_state(Path(run) / "checkpoints")
+    entry = state["dit"]
+    tree = entry["ema"] if entry.get("ema") else entry["params"]
+    cast = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+    flat = {k: np.asarray(v, np.float32).astype(cast) for k, v in P.flatten(tree).items()}
+    write_checkpoint(out, "dit", cfg.dit_config().to_dict(), P.to_checkpoint(flat))
+    print(f"exported the DiT of {run} at step {step} ({'ema' if entry.get('ema') else 'params'}) to {out}")
+    return Path(out)
+
+
 def _sha256(p: Path) -> str:
     h = hashlib.sha256()
     with open(p, "rb") as f:
@@ -124,6 +146,9 @@ def main(argv=None) -> int:
         e = sub.add_parser("export-vae")
         e.add_argument("run")
         e.add_argument("out")
+        d = sub.add_parser("export-dit")
+        d.add_argument("run")
+        d.add_argument("out")
         v = sub.add_parser("eval-vae")
         v.add_argument("vae")
         v.add_argument("--walks", type=int, default=32)
@@ -135,6 +160,8 @@ def main(argv=None) -> int:
             print(write_encoders(a.out))
         elif a.cmd == "export-vae":
             export_vae(a.run, a.out)
+        elif a.cmd == "export-dit":
+            export_dit(a.run, a.out)
         elif a.cmd == "eval-vae":
             print(json.dumps(eval_vae(a.vae, a.walks)))
         else:
