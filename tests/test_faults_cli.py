@@ -619,6 +619,7 @@ def stand_in(monkeypatch, tmp_path):
 
     pipe = SimpleNamespace(run_defaults=lambda: dict(SMALL), defaults=dict(SMALL), source=str(tmp_path),
                            dit=SimpleNamespace(config=SimpleNamespace(image_dim=None)))
+    pipe.sampler_config = lambda **kw: pipeline.sampler_config(pipe.run_defaults(), **kw)
     monkeypatch.setattr(pipeline_dirs, "resolve", lambda p, **kw: Path(p))
     monkeypatch.setattr(pipeline, "load_pipeline", lambda p: pipe)
     monkeypatch.setattr(rollout, "Session", _Session)
