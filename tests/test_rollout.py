@@ -20,7 +20,7 @@ import pytest
 from yume_jax.media import to_uint8
 from yume_jax.pipeline import load_pipeline
 from yume_jax.rollout import RolloutConfig, Session
-from yume_jax.sampling.api import AAMConfig, SamplerConfig
+from yume_jax.sampling.api import AAMConfig, SamplerConfig, clear_shared
 from yume_jax.testing import save_tiny_pipeline, tiny_t2v_pipeline
 
 FAST = SamplerConfig(steps=2, cfg_scale=1.0)
@@ -62,6 +62,7 @@ def test_same_seed_same_video_bit_exact(pipe, image):
 
 def test_compiles_once_per_distinct_shape(pipe_dir, image):
     """5 chunks with history capped at 6 latent frames: shapes H=5 then H=6 -> exactly 2 compiles."""
+    clear_shared()  # no program left by an earlier test's pipeline of the same model
     fresh = load_pipeline(pipe_dir)
     s, _ = _run(fresh, image, ["W"] * 5, max_history=6)
     hist = [r["history_frames"] for r in s.records]
@@ -72,6 +73,7 @@ def test_compiles_once_per_distinct_shape(pipe_dir, image):
 
 def test_second_session_on_one_pipeline_compiles_nothing(pipe_dir, image):
     """Two sessions, same config and shapes, one pipeline: the sampler is traced and compiled once."""
+    clear_shared()
     fresh = load_pipeline(pipe_dir)
     a, va = _run(fresh, image, ["W"], seed=1)
     assert fresh.compiles == 1 and a.sampler._run._cache_size() == 1
@@ -85,6 +87,18 @@ def test_second_session_on_one_pipeline_compiles_nothing(pipe_dir, image):
     n = fresh.compiles
     Session(fresh, _cfg(), image=image, on_step=ticks_b.append).step("W")
     assert fresh.compiles == n and ticks_a == ticks_b == [0, 1]
+
+
+def test_second_pipeline_of_the_same_model_compiles_no_sampler(pipe_dir, image):
+    """Pipelines of one DiT graph share their sampler programs in a process (sampling.Sampler(share=...)):
+    a second load runs the first one's program (no trace) and gives the same video."""
+    clear_shared()
+    first = load_pipeline(pipe_dir)
+    _, va = _run(first, image, ["W"], seed=2)
+    second = load_pipeline(pipe_dir)
+    _, vb = _run(second, image, ["W"], seed=2)
+    assert first.compiles == 1 and second.compiles == 0
+    assert np.array_equal(va, vb)
 
 
 def test_block_cache_refresh_every_step_equals_no_cache(pipe, image):
