@@ -3,6 +3,9 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# trainer subprocesses with --compile_cache cache every program (yume_jax/train/trainer.py init_jax), so a
+# relaunch or resume in a test compiles nothing
+os.environ.setdefault("YUME_JAX_CACHE_MIN_SECS", "0")
 
 import jax  # noqa: E402
 

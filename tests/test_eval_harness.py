@@ -35,15 +35,24 @@ def _stable(report: dict) -> dict:
 
 @pytest.mark.slow
 def test_report_end_to_end_and_reproducible(pipe_dir, tmp_path):
-    reports = []
+    """Two runs, one process, one persistent compilation cache: the same report, and the second run compiles
+    nothing (its pipeline shares the first's sampler programs, the rest are read back from the cache)."""
+    from yume_jax.pipeline import CompileCounter
+
+    reports, spans = [], []
     for i in range(2):
         out = tmp_path / f"r{i}"
-        assert main(["--checkpoint", str(pipe_dir), "--out", str(out), *ARGS, "--compare", "name=tiny", "truth"]) == 0
+        before = CompileCounter.snapshot()
+        assert main(["--checkpoint", str(pipe_dir), "--out", str(out), *ARGS, "--compare", "name=tiny", "truth",
+                     "--compile-cache", str(tmp_path / "xla")]) == 0
+        after = CompileCounter.snapshot()
+        spans.append({k: after[k] - before[k] for k in ("requests", "compiled")})
         for f in ("report.json", "summary.md", "psnr_drift.png", "if_by_action.png", "contact_0_tiny.png",
                   "contact_1_truth.png"):
             assert (out / f).is_file(), f
         reports.append(json.loads((out / "report.json").read_text()))
     assert _stable(reports[0]) == _stable(reports[1])
+    assert spans[1]["compiled"] == 0 and spans[1]["requests"] < spans[0]["requests"], spans
     rep = reports[0]
     assert rep["benchmark"]["name"] == "sandbox-bench" and rep["versions"]["opencv"]
     tiny, truth = rep["runs"]

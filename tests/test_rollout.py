@@ -20,7 +20,7 @@ import pytest
 from yume_jax.media import to_uint8
 from yume_jax.pipeline import load_pipeline
 from yume_jax.rollout import RolloutConfig, Session
-from yume_jax.sampling.api import AAMConfig, SamplerConfig
+from yume_jax.sampling.api import AAMConfig, SamplerConfig, clear_shared
 from yume_jax.testing import save_tiny_pipeline, tiny_t2v_pipeline
 
 FAST = SamplerConfig(steps=2, cfg_scale=1.0)
@@ -62,6 +62,7 @@ def test_same_seed_same_video_bit_exact(pipe, image):
 
 def test_compiles_once_per_distinct_shape(pipe_dir, image):
     """5 chunks with history capped at 6 latent frames: shapes H=5 then H=6 -> exactly 2 compiles."""
+    clear_shared()  # no program left by an earlier test's pipeline of the same model
     fresh = load_pipeline(pipe_dir)
     s, _ = _run(fresh, image, ["W"] * 5, max_history=6)
     hist = [r["history_frames"] for r in s.records]
@@ -71,7 +72,9 @@ def test_compiles_once_per_distinct_shape(pipe_dir, image):
 
 
 def test_second_session_on_one_pipeline_compiles_nothing(pipe_dir, image):
-    """Two sessions, same config and shapes, one pipeline: the sampler is traced and compiled once."""
+    """Two sessions, same config and shapes, one pipeline, then a session on a second pipeline of the same model:
+    the sampler is traced and compiled once."""
+    clear_shared()
     fresh = load_pipeline(pipe_dir)
     a, va = _run(fresh, image, ["W"], seed=1)
     assert fresh.compiles == 1 and a.sampler._run._cache_size() == 1
@@ -85,6 +88,10 @@ def test_second_session_on_one_pipeline_compiles_nothing(pipe_dir, image):
     n = fresh.compiles
     Session(fresh, _cfg(), image=image, on_step=ticks_b.append).step("W")
     assert fresh.compiles == n and ticks_a == ticks_b == [0, 1]
+    # a second pipeline of the same model shares the sampler programs (sampling.Sampler(share=...)): no trace
+    other = load_pipeline(pipe_dir)
+    c, vc = _run(other, image, ["W"], seed=1)
+    assert other.compiles == 0 and c.sampler is not a.sampler and np.array_equal(va, vc)
 
 
 def test_block_cache_refresh_every_step_equals_no_cache(pipe, image):

@@ -103,6 +103,22 @@ def test_sampler_is_deterministic_and_mesh_split_matches():
     np.testing.assert_allclose(np.asarray(split), np.asarray(outs[0]), rtol=1e-4, atol=1e-4)
 
 
+def test_samplers_with_one_share_key_share_one_program():
+    """Sampler(share=k): equal (config, k, mesh, cfg_axis, on_step) reuse the first sampler's program (no trace)
+    and give the same result; another key or no key traces its own."""
+    from yume_jax.sampling.api import clear_shared
+
+    params, x, cond, uncond = _setup()
+    config = S.preset("yume", steps=2)
+    clear_shared()
+    a, b = S.Sampler(config, toy_model, share="toy"), S.Sampler(config, toy_model, share="toy")
+    other, own = S.Sampler(config, toy_model, share="other"), S.Sampler(config, toy_model)
+    outs = [s(params, x, cond, uncond) for s in (a, b, other, own)]
+    assert (a.traces, b.traces, other.traces, own.traces) == (1, 0, 1, 1) and b._run is a._run
+    for o in outs[1:]:
+        np.testing.assert_array_equal(np.asarray(o), np.asarray(outs[0]))
+
+
 def test_sampler_without_guidance_and_argument_errors():
     params, x, cond, uncond = _setup()
     SEEN.clear()

@@ -77,7 +77,9 @@ def server(tmp_path_factory):
     temporary $YUME_JAX_CACHE) at a tiny resolution, 1 step, no CFG."""
     tmp = tmp_path_factory.mktemp("serve")
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "YUME_JAX_CACHE": str(tmp / "cache")}
+    # (XLA's optimisations off: at this size the server's time is its compiles, not its programs' run time)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "YUME_JAX_CACHE": str(tmp / "cache"),
+           "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
     log = open(tmp / "server.log", "w+")
     p = subprocess.Popen([sys.executable, "-m", "infer.serve", "--port", str(port), "--height", str(H), "--width",
                           str(W), "--chunk-frames", "1", "--steps", "1", "--cfg", "1", "--history-buckets", "5,7"],

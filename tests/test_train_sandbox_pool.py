@@ -1,6 +1,7 @@
 """DiT training batches from encoded sandbox walks (yume_jax/train/sandbox.py): the layout inference sees."""
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
@@ -11,6 +12,16 @@ from yume_jax.presets import vae as vae_preset
 from yume_jax.train import sandbox
 from yume_jax.vae import WanVAE
 from yume_jax.vae.params import init_params
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_compiles():
+    """Compiles dominate on CPU: XLA's optimisations off for this module (as tests/test_distill.py)."""
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)
+
 
 H, W = 16, 24
 

@@ -168,7 +168,7 @@ class Pipeline:
         Yume 1.0 (history at the chunk's t); a per-position sigma is Yume 1.5 (clean history, t = 0 on it).
         With ``cache_refresh`` > 0: the stateful ``model(params, x, sigma, ctx, step, cache) -> (v, cache)``
         with a block residual cache refreshed every ``cache_refresh`` steps (sampling/cache.py)."""
-        dit, n = self.dit, chunk_frames
+        n, graphdef, mesh, runtime = chunk_frames, self.dit.graphdef, self.dit.mesh, self.dit.runtime  # not params
 
         def model(params, x, sigma, ctx, *stateful):
             f = x.shape[2]
@@ -179,12 +179,12 @@ class Pipeline:
             else:  # clean mode: per-position sigma, 0 on history; the chunk's sigma is its last frame's
                 t = jnp.broadcast_to(sigma.reshape(sigma.shape[0], -1)[:, -1] * 1000.0, (x.shape[0],))
                 ht = 0.0
-            kw = dict(chunk=None if n == f else n, history_timestep=ht if n != f else None, runtime=dit.runtime)
+            kw = dict(chunk=None if n == f else n, history_timestep=ht if n != f else None, runtime=runtime)
             if stateful:
                 step, cache = stateful
                 kw.update(cache=cache, refresh=block_cache.refreshes(cache_refresh, step))
-            with sharding.use_mesh(dit.mesh):
-                out = nnx.merge(dit.graphdef, params)(inp, t, ctx["text"], ctx.get("image"), **kw)
+            with sharding.use_mesh(mesh):
+                out = nnx.merge(graphdef, params)(inp, t, ctx["text"], ctx.get("image"), **kw)
             v, cache = out if stateful else (out, None)
             if n != f:
                 pad = jnp.zeros(x.shape[:2] + (f - n,) + x.shape[3:], v.dtype)
@@ -197,11 +197,14 @@ class Pipeline:
     # -- compiled samplers -------------------------------------------------------------------------
     def sampler(self, config: sampling.SamplerConfig, chunk_frames: int, *, cache_refresh: int = 0,
                 progress: bool = False) -> sampling.Sampler:
-        """The shared jitted sampler for this key (built on first use; jit then caches per shape)."""
+        """The shared jitted sampler for this key (built on first use; jit then caches per shape). Its program is
+        shared with every pipeline of the same DiT graph, mesh and run-time policy in this process
+        (``sampling.Sampler(share=...)``): a second pipeline compiles no sampler again."""
         key = (config, int(chunk_frames), int(cache_refresh), bool(progress))
         if key not in self._samplers:
+            share = (self.dit.graphdef, self.dit.mesh, self.dit.runtime, int(chunk_frames), int(cache_refresh))
             self._samplers[key] = sampling.Sampler(config, self.velocity_model(chunk_frames, cache_refresh),
-                                                   on_step=self._on_step if progress else None)
+                                                   on_step=self._on_step if progress else None, share=share)
         return self._samplers[key]
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -161,21 +162,13 @@ def sample(config: SamplerConfig, velocity, noise, *, key=None, frozen: Optional
     return out.astype(out_dtype)
 
 
-class Sampler:
-    """One guided denoising loop, jitted once per input shape.
+class _Program:
+    """The jitted guided loop of one (config, model, mesh, cfg_axis, on_step); ``traces`` counts its traces."""
 
-    ``model(params, x, sigma, ctx) -> v`` (cfg.py). Call ``sampler(params, noise, cond, uncond, key=...,
-    frozen=...)``: with ``mesh`` given, cond and uncond run on the two halves of mesh axis ``cfg_axis``
-    (cfg.guided_split), otherwise in one batch (cfg.guided). With ``state=`` (e.g. a block cache,
-    cache.py) the model is stateful, ``model(params, x, sigma, ctx, step, state) -> (v, state)``, and the
-    state's batch is 2B under one-batch CFG. ``traces`` counts the traces (compiles).
-    """
-
-    def __init__(self, config: SamplerConfig, model, *, mesh=None, cfg_axis: str = "cfg",
-                 on_step: Optional[Callable] = None):
+    def __init__(self, config: SamplerConfig, model, mesh, cfg_axis: str, on_step: Optional[Callable]):
         self.config, self.model, self.mesh, self.cfg_axis, self.on_step = config, model, mesh, cfg_axis, on_step
         self.traces = 0
-        self._run = jax.jit(self._trace)
+        self.run = jax.jit(self._trace)
 
     def _trace(self, params, noise, cond, uncond, key, frozen, state):
         self.traces += 1
@@ -191,6 +184,49 @@ class Sampler:
     def _plain(self, params, cond, x, sigma, *stateful):
         return self.model(params, x, cfg.batched_sigma(sigma, x.shape[0]), cond, *stateful)
 
+
+_SHARED: dict[tuple, _Program] = {}  # Sampler(share=...): one program per static key, for the process
+_SHARED_LOCK = threading.Lock()
+
+
+def clear_shared() -> None:
+    """Forget the shared programs (``Sampler(share=...)``): the next sampler of each key traces anew."""
+    with _SHARED_LOCK:
+        _SHARED.clear()
+
+
+class Sampler:
+    """One guided denoising loop, jitted once per input shape.
+
+    ``model(params, x, sigma, ctx) -> v`` (cfg.py). Call ``sampler(params, noise, cond, uncond, key=...,
+    frozen=...)``: with ``mesh`` given, cond and uncond run on the two halves of mesh axis ``cfg_axis``
+    (cfg.guided_split), otherwise in one batch (cfg.guided). With ``state=`` (e.g. a block cache,
+    cache.py) the model is stateful, ``model(params, x, sigma, ctx, step, state) -> (v, state)``, and the
+    state's batch is 2B under one-batch CFG. ``traces`` counts the traces (compiles) this sampler's calls
+    caused.
+
+    ``share``: a hashable key that identifies ``model`` as a program (two models with the same key must
+    compute the same function of their arguments, e.g. the same graph definition, mesh and run-time policy;
+    the params are an argument). Samplers with equal ``(config, share, mesh, cfg_axis, on_step)`` then share
+    one jitted program for the life of the process: a second pipeline of the same architecture compiles no
+    sampler again. The first such sampler's ``model`` is kept, so it must not hold large arrays (params).
+    None: a program of this sampler's own.
+    """
+
+    def __init__(self, config: SamplerConfig, model, *, mesh=None, cfg_axis: str = "cfg",
+                 on_step: Optional[Callable] = None, share=None):
+        self.config, self.model, self.mesh, self.cfg_axis, self.on_step = config, model, mesh, cfg_axis, on_step
+        self.traces = 0
+        if share is None:
+            self._program = _Program(config, model, mesh, cfg_axis, on_step)
+        else:
+            key = (config, share, mesh, cfg_axis, on_step)
+            with _SHARED_LOCK:
+                if key not in _SHARED:
+                    _SHARED[key] = _Program(config, model, mesh, cfg_axis, on_step)
+                self._program = _SHARED[key]
+        self._run = self._program.run
+
     def __call__(self, params, noise, cond, uncond=None, *, key=None, frozen: Optional[Frozen] = None, state=None):
         if self.config.cfg_scale != 1.0 and uncond is None:
             raise ValueError(f"cfg_scale {self.config.cfg_scale} needs an unconditional context (uncond)")
@@ -200,4 +236,8 @@ class Sampler:
             raise ValueError("a stateful model (block caching) with CFG split over a mesh axis is not supported")
         if frozen is not None:
             frozen.check(noise)
-        return self._run(params, noise, cond, None if self.config.cfg_scale == 1.0 else uncond, key, frozen, state)
+        before = self._program.traces
+        try:
+            return self._run(params, noise, cond, None if self.config.cfg_scale == 1.0 else uncond, key, frozen, state)
+        finally:
+            self.traces += self._program.traces - before

@@ -80,13 +80,20 @@ class TrainerConfig:
     nonfinite: str = "stop"  # non-finite loss/gradients: stop the run (no checkpoint) | skip the update
 
 
+CACHE_MIN_SECS_ENV = "YUME_JAX_CACHE_MIN_SECS"  # init_jax: the persistent cache's minimum compile time
+
+
 def init_jax(dist, compile_cache: str | None = None) -> None:
     """The persistent compilation cache and jax.distributed (before any device is touched). ``dist``:
     ``auto`` (jax.distributed detects the cluster) or ``coordinator``, ``num_processes``, ``process_id``
-    (all None: one process)."""
+    (all None: one process). Programs that compile in under ``$YUME_JAX_CACHE_MIN_SECS`` seconds (default
+    0.5) are not cached; 0 caches every program (tests: restarted tiny runs then compile nothing)."""
     if compile_cache:
+        min_secs = float(os.environ.get(CACHE_MIN_SECS_ENV, "0.5"))
         jax.config.update("jax_compilation_cache_dir", str(Path(compile_cache).absolute()))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_secs)
+        if min_secs == 0:
+            jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     if dist.auto:
         jax.distributed.initialize()
     elif dist.coordinator is not None:
