@@ -120,7 +120,52 @@ def parse_args(argv):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="explore.mp4")
     add_compile_cache_flag(ap)
+    add_mesh_flag(ap)
+    ap.add_argument("--dist.coordinator", dest="dist_coordinator", default=None, metavar="HOST:PORT",
+                    help="multi-host: jax.distributed coordinator (process 0's address); every process runs the "
+                         "same command with its own --dist.process_id, process 0 writes the video")
+    ap.add_argument("--dist.num_processes", dest="dist_num_processes", type=int, default=None, metavar="N")
+    ap.add_argument("--dist.process_id", dest="dist_process_id", type=int, default=None, metavar="I")
     return ap.parse_args(argv)
+
+
+def add_mesh_flag(ap) -> None:
+    """``--mesh AXIS=N,...`` (shared by infer.explore and infer.serve)."""
+    ap.add_argument("--mesh", default=None, metavar="AXIS=N,...",
+                    help="sample on several devices: context=N (sequence parallel), cfg=2 (conditional and "
+                         "unconditional halves on different devices), tensor=N, combinable, e.g. context=4,cfg=2; "
+                         "-1 takes the remaining devices (default: one device)")
+
+
+def init_distributed(a) -> bool:
+    """jax.distributed from the --dist.* flags (before any device is touched); True when it was initialised.
+    UserError (one line) for an incomplete or out-of-range set of flags."""
+    given = [a.dist_coordinator, a.dist_num_processes, a.dist_process_id]
+    if all(v is None for v in given):
+        return False
+    if any(v is None for v in given):
+        raise UsageError("--dist.coordinator, --dist.num_processes and --dist.process_id go together")
+    host, _, port = a.dist_coordinator.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--dist.coordinator must be HOST:PORT, got {a.dist_coordinator!r}")
+    n = cli.integer(a.dist_num_processes, "--dist.num_processes", low=1, high=100_000)
+    cli.integer(a.dist_process_id, "--dist.process_id", low=0, high=n - 1)
+    import jax
+
+    jax.distributed.initialize(a.dist_coordinator, n, a.dist_process_id)
+    return True
+
+
+def mesh_from_flag(spec):
+    """The sampling mesh of ``--mesh`` (None: one device); UserError (one line) when it does not fit."""
+    if spec is None:
+        return None
+    from yume_jax import sharding
+
+    try:
+        return sharding.sampling_mesh(spec)
+    except ValueError as e:
+        raise UsageError(str(e) if str(e).startswith("--mesh") else f"--mesh {spec}: {e}") from None
 
 
 def add_compile_cache_flag(ap) -> None:
@@ -218,6 +263,13 @@ def write_sidecar(path: Path, data: dict) -> None:
 
 def run(a) -> int:
     check_flags(a)
+    if init_distributed(a):
+        import jax
+
+        if a.actions is None:
+            raise UsageError("a multi-process run needs --actions (the keyboard is read by no process)")
+        if jax.process_index() != 0:  # the same exploration on its share of the mesh; process 0 writes
+            return _run_locked(a, None, None)
     out = Path(a.out)
     sidecar = out.with_suffix(out.suffix + ".json")
     for p in (out, sidecar):
@@ -252,7 +304,7 @@ def _run_locked(a, out: Path, sidecar: Path) -> int:
     try:
         pipe_dir = pipeline_dirs.resolve(ckpt, encoders=a.encoders, progress=True)
         read_pipeline_json(pipe_dir)
-        pipe = load_pipeline(pipe_dir)
+        pipe = load_pipeline(pipe_dir, mesh=mesh_from_flag(a.mesh))
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
     if not isinstance(pipe.defaults, dict):
@@ -278,6 +330,10 @@ def _run_locked(a, out: Path, sidecar: Path) -> int:
         raise UsageError(str(e)) from None
     from infer.mp4 import GrowingMP4
 
+    if out is None:  # a secondary process of a multi-host run: sample, write nothing
+        for action in scripted:
+            session.step(action)
+        return 0
     return _explore(a, session, config, ckpt, out, sidecar, scripted, bar, GrowingMP4)
 
 

