@@ -93,3 +93,75 @@ def test_explore_cli_mesh_flag_error(capsys):
     code = explore.main(["--mesh", "context=16", "--actions", "W", "--out", "/nonexistent/x.mp4"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--mesh context=16" in err[0] and "needs 16 devices" in err[0]
+
+
+WORKER = textwrap.dedent('''
+    import os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    import numpy as np
+    import jax
+    jax.config.update("jax_default_matmul_precision", "highest")
+    from infer import explore
+    from yume_jax import rollout
+
+    pid, out_dir, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+    step = rollout.Session.step
+    latents = []
+
+    def record(self, action):  # each process's history after every chunk (its local copy)
+        frames, rec = step(self, action)
+        latents.append(np.asarray(self.history))
+        assert self.mesh.devices.size == 8 and jax.process_count() == 2 and jax.local_device_count() == 4
+        return frames, rec
+
+    rollout.Session.step = record
+    code = explore.main(argv)
+    np.save(os.path.join(out_dir, f"latents.p{pid}.npy"), np.stack(latents))
+    sys.exit(code)
+''')
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process(tiny, tmp_path):
+    """``infer.explore --mesh cfg=2,context=4 --dist.*`` as two processes of 4 CPU devices on loopback: both
+    processes hold the one-process exploration's latents, and only process 0 writes the video."""
+    from infer import explore
+
+    path, pipe, _ = tiny
+    flags = ["--checkpoint", str(path), "--actions", "W", "--steps", "1", "--height", "64", "--width", "64",
+             "--compile-cache", "off"]
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("XLA_FLAGS", None)
+    port, out = _port(), tmp_path / "walk.mp4"
+    procs = [subprocess.Popen([sys.executable, str(script), str(i), str(tmp_path), *flags, "--out", str(out),
+                               "--mesh", "cfg=2,context=4", f"--dist.coordinator=127.0.0.1:{port}",
+                               "--dist.num_processes=2", f"--dist.process_id={i}"],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, o in zip(procs, outs):
+        assert p.returncode == 0, o[-4000:]
+    assert "wrote" in outs[0] and "wrote" not in outs[1]
+    assert json.loads(out.with_suffix(".mp4.json").read_text())["finished"] is True
+
+    # the one-process run of the same command (one device, this process)
+    a = explore.parse_args(flags)
+    config = explore.build_config(a, pipe)
+    from yume_jax.data import world
+
+    session = Session(pipe, config, image=world.make_clip(a.seed, num_frames=2).frames[0])
+    session.step("W")
+    want = np.asarray(session.history)
+    for pid in range(2):
+        got = np.load(tmp_path / f"latents.p{pid}.npy")
+        assert got.shape == (1,) + want.shape
+        np.testing.assert_allclose(got[0], want, **TOL)
