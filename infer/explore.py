@@ -263,11 +263,13 @@ def write_sidecar(path: Path, data: dict) -> None:
 
 def run(a) -> int:
     check_flags(a)
-    if init_distributed(a):
+    distributed = init_distributed(a)
+    if distributed and a.actions is None:
+        raise UsageError("a multi-process run needs --actions (the keyboard is read by no process)")
+    a.sampling_mesh = mesh_from_flag(a.mesh)  # checked before anything is loaded or locked
+    if distributed:
         import jax
 
-        if a.actions is None:
-            raise UsageError("a multi-process run needs --actions (the keyboard is read by no process)")
         if jax.process_index() != 0:  # the same exploration on its share of the mesh; process 0 writes
             return _run_locked(a, None, None)
     out = Path(a.out)
@@ -304,7 +306,7 @@ def _run_locked(a, out: Path, sidecar: Path) -> int:
     try:
         pipe_dir = pipeline_dirs.resolve(ckpt, encoders=a.encoders, progress=True)
         read_pipeline_json(pipe_dir)
-        pipe = load_pipeline(pipe_dir, mesh=mesh_from_flag(a.mesh))
+        pipe = load_pipeline(pipe_dir, mesh=a.sampling_mesh)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
     if not isinstance(pipe.defaults, dict):

@@ -22,29 +22,40 @@ import pytest
 
 from yume_jax import sharding
 from yume_jax.pipeline import load_pipeline
-from yume_jax.rollout import RolloutConfig, Session
+from yume_jax.rollout import Session
 from yume_jax.testing import save_tiny_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = dict(atol=1e-4, rtol=1e-4)
-# 64x64: latents 8x8, 16 tokens per latent frame, so every token count divides context=4 (really sharded)
-RUN = dict(height=64, width=64, max_history=5)  # chunk 2 has chunk 1's shapes: no new compile
-ACTIONS = ["W", "A+→"]
+# the explorer's flags, shared by the in-process runs and the two-process CLI run (so one reference serves
+# both). 64x64: latents 8x8, 16 tokens per latent frame, every token count divides context=4 (really
+# sharded); --max-history 5: chunk 2 has chunk 1's shapes (no new compile). CFG 5 from pipeline.json.
+FLAGS = ["--actions", "W,A+→", "--steps", "1", "--height", "64", "--width", "64", "--max-history", "5",
+         "--compile-cache", "off"]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    path = save_tiny_pipeline(tmp_path_factory.mktemp("mesh") / "pipe")
+    from PIL import Image
+
+    from infer import explore
+
+    tmp = tmp_path_factory.mktemp("mesh")
+    path = save_tiny_pipeline(tmp / "pipe")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp / "start.png")
+    flags = ["--checkpoint", str(path), "--image", str(tmp / "start.png"), *FLAGS]
     pipe = load_pipeline(path)
-    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    return path, pipe, image
+    a = explore.parse_args(flags)
+    config = explore.build_config(a, pipe)
+    assert config.sampler.cfg_scale == 5.0 and config.sampler.steps == 1
+    return flags, pipe, config, explore.read_image(a.image)
 
 
-def _explore(pipe, image, mesh=None):
-    config = RolloutConfig.for_pipeline(pipe, **RUN, sampler=pipe.sampler_config(steps=1, cfg_scale=5.0))
+def _explore(tiny, mesh=None):
+    _, pipe, config, image = tiny
     session = Session(pipe, config, image=image, mesh=mesh)
     lat, frames = [], []
-    for action in ACTIONS:
+    for action in FLAGS[1].split(","):
         f, _ = session.step(action)
         lat.append(np.asarray(session.history))
         frames.append(f)
@@ -53,16 +64,14 @@ def _explore(pipe, image, mesh=None):
 
 @pytest.fixture(scope="module")
 def reference(tiny):
-    _, pipe, image = tiny
-    return _explore(pipe, image)
+    return _explore(tiny)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", ["context=4", "cfg=2", "cfg=2,context=4"])
 def test_sharded_exploration_equals_one_device(tiny, reference, spec):
-    _, pipe, image = tiny
     mesh = sharding.sampling_mesh(spec)
-    session, lat, frames = _explore(pipe, image, mesh)
+    session, lat, frames = _explore(tiny, mesh)
     assert session.mesh is mesh and session.pipe.cfg_parallel == ("cfg" in spec)
     assert dict(mesh.shape)["context"] == (4 if "context" in spec else 1)
     # the DiT's parameters live on the mesh (replicated over cfg and context)
@@ -129,14 +138,11 @@ def _port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_process(tiny, tmp_path):
+def test_two_processes_equal_one_process(tiny, reference, tmp_path):
     """``infer.explore --mesh cfg=2,context=4 --dist.*`` as two processes of 4 CPU devices on loopback: both
-    processes hold the one-process exploration's latents, and only process 0 writes the video."""
-    from infer import explore
-
-    path, pipe, _ = tiny
-    flags = ["--checkpoint", str(path), "--actions", "W", "--steps", "1", "--height", "64", "--width", "64",
-             "--compile-cache", "off"]
+    processes hold the one-process exploration's latents (the same flags, one device), and only process 0
+    writes the video. One chunk (``--actions W``) keeps it cheap."""
+    flags = [f if f != FLAGS[1] else "W" for f in tiny[0]]
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -151,16 +157,11 @@ def test_two_processes_equal_one_process(tiny, tmp_path):
     for p, o in zip(procs, outs):
         assert p.returncode == 0, o[-4000:]
     assert "wrote" in outs[0] and "wrote" not in outs[1]
-    assert json.loads(out.with_suffix(".mp4.json").read_text())["finished"] is True
-
-    # the one-process run of the same command (one device, this process)
-    a = explore.parse_args(flags)
-    config = explore.build_config(a, pipe)
-    from yume_jax.data import world
-
-    session = Session(pipe, config, image=world.make_clip(a.seed, num_frames=2).frames[0])
-    session.step("W")
-    want = np.asarray(session.history)
+    meta = json.loads(out.with_suffix(".mp4.json").read_text())
+    assert meta["finished"] is True and len(meta["chunks"]) == 1
+    assert sorted(f for f in os.listdir(tmp_path) if not f.startswith(".")) == ["latents.p0.npy", "latents.p1.npy", "walk.mp4", "walk.mp4.json",
+                                            "worker.py"]
+    want = reference[1][0]
     for pid in range(2):
         got = np.load(tmp_path / f"latents.p{pid}.npy")
         assert got.shape == (1,) + want.shape
