@@ -15,6 +15,11 @@ Numbers are checked where they enter, flags and pipeline.json alike (:data:`LIMI
 --cfg finite in 0..100, --cache 0..1000, --max-history 1..100000, --chunk-frames 1..256, --height/--width
 16..8192, --seed 0..2^32-1; an action script expands to at most 100000 steps. A chunk whose pixels are not
 finite stops the run (exit 2) instead of writing black frames. One run at a time per --out (a lock beside it).
+
+Several devices: ``--mesh context=4,cfg=2`` (yume_jax/sharding.py ``sampling_mesh``: sequence- and CFG-parallel
+sampling, yume_jax/pipeline.py); a spec that does not fit the devices is one line, exit 2. Several hosts:
+``--dist.coordinator=HOST:PORT --dist.num_processes=N --dist.process_id=I`` on every host (jax.distributed
+before the mesh is built; scripted ``--actions`` only); every process samples, process 0 writes the video.
 """
 from __future__ import annotations
 
@@ -320,6 +325,9 @@ def _run_locked(a, out: Path, sidecar: Path) -> int:
         config = build_config(a, pipe)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if config.block_cache and pipe.cfg_parallel and config.sampler.cfg_scale != 1.0:
+        raise UsageError(f"--cache does not combine with CFG-parallel sampling (--mesh {a.mesh}): drop cfg=2 "
+                         "from --mesh or give --cache 0")
     bar = {"bar": None}
 
     def on_step(i):
