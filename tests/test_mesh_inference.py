@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from yume_jax import sharding
-from yume_jax.pipeline import load_pipeline
+from yume_jax.pipeline import CompileCounter, load_pipeline
 from yume_jax.rollout import Session
 from yume_jax.testing import save_tiny_pipeline
 
@@ -54,11 +54,14 @@ def tiny(tmp_path_factory):
 def _explore(tiny, mesh=None):
     _, pipe, config, image = tiny
     session = Session(pipe, config, image=image, mesh=mesh)
-    lat, frames = [], []
+    lat, frames, compiled = [], [], []
     for action in FLAGS[1].split(","):
+        before = CompileCounter.snapshot()["requests"]
         f, _ = session.step(action)
+        compiled.append(CompileCounter.snapshot()["requests"] - before)
         lat.append(np.asarray(session.history))
         frames.append(f)
+    session.compiled = compiled  # XLA programs obtained per chunk
     return session, lat, frames
 
 
@@ -77,6 +80,8 @@ def test_sharded_exploration_equals_one_device(tiny, reference, spec):
     # the DiT's parameters live on the mesh (replicated over cfg and context)
     leaf = jax.tree.leaves(session.pipe.dit.params)[0]
     assert leaf.sharding.mesh.devices.size == mesh.devices.size
+    # the second chunk (same shapes) compiles nothing: the gathered latents reuse the VAE's programs
+    assert session.compiled[1] == 0, session.compiled
     _, ref_lat, ref_frames = reference
     for got, want in zip(lat, ref_lat):
         np.testing.assert_allclose(got, want, **TOL)

@@ -21,6 +21,7 @@ its output comes back to each process as a local array.
 """
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from dataclasses import dataclass, field
@@ -321,10 +322,24 @@ def _local(x):
     return x.addressable_data(0)
 
 
+@functools.lru_cache(maxsize=16)
+def _replicated_identity(mesh):
+    return jax.jit(lambda x: x, out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+
 def _gather(out, mesh):
-    """The sampler's output replicated, then on this process's first device (where the VAE runs)."""
-    out = jax.jit(lambda x: x, out_shardings=NamedSharding(mesh, PartitionSpec()))(out)
-    return jax.device_put(_local(out), jax.local_devices()[0])
+    """The sampler's output replicated, then this process's copy on its first device (where the VAE runs),
+    uncommitted like a one-device sampler's output: the VAE's programs, compiled for uncommitted inputs
+    (the session's start), are reused instead of compiled again for a committed array."""
+    local = _local(_replicated_identity(mesh)(out))
+    if local.sharding.device_set != {jax.local_devices()[0]}:
+        local = jax.device_put(local, jax.local_devices()[0])
+    try:  # no public API makes an uncommitted view of a device buffer
+        from jax._src.array import ArrayImpl
+
+        return ArrayImpl(local.aval, local.sharding, [local], committed=False)
+    except Exception:  # pragma: no cover - a jax without it: correct, one more VAE compile
+        return local
 
 
 def sampler_config(defaults: dict, *, name: str | None = None, steps: int | None = None,
