@@ -15,6 +15,11 @@ Numbers are checked where they enter, flags and pipeline.json alike (:data:`LIMI
 --cfg finite in 0..100, --cache 0..1000, --max-history 1..100000, --chunk-frames 1..256, --height/--width
 16..8192, --seed 0..2^32-1; an action script expands to at most 100000 steps. A chunk whose pixels are not
 finite stops the run (exit 2) instead of writing black frames. One run at a time per --out (a lock beside it).
+
+Several devices: ``--mesh context=4,cfg=2`` (yume_jax/sharding.py ``sampling_mesh``: sequence- and CFG-parallel
+sampling, yume_jax/pipeline.py); a spec that does not fit the devices is one line, exit 2. Several hosts:
+``--dist.coordinator=HOST:PORT --dist.num_processes=N --dist.process_id=I`` on every host (jax.distributed
+before the mesh is built; scripted ``--actions`` only); every process samples, process 0 writes the video.
 """
 from __future__ import annotations
 
@@ -120,7 +125,52 @@ def parse_args(argv):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="explore.mp4")
     add_compile_cache_flag(ap)
+    add_mesh_flag(ap)
+    ap.add_argument("--dist.coordinator", dest="dist_coordinator", default=None, metavar="HOST:PORT",
+                    help="multi-host: jax.distributed coordinator (process 0's address); every process runs the "
+                         "same command with its own --dist.process_id, process 0 writes the video")
+    ap.add_argument("--dist.num_processes", dest="dist_num_processes", type=int, default=None, metavar="N")
+    ap.add_argument("--dist.process_id", dest="dist_process_id", type=int, default=None, metavar="I")
     return ap.parse_args(argv)
+
+
+def add_mesh_flag(ap) -> None:
+    """``--mesh AXIS=N,...`` (shared by infer.explore and infer.serve)."""
+    ap.add_argument("--mesh", default=None, metavar="AXIS=N,...",
+                    help="sample on several devices: context=N (sequence parallel), cfg=2 (conditional and "
+                         "unconditional halves on different devices), tensor=N, combinable, e.g. context=4,cfg=2; "
+                         "-1 takes the remaining devices (default: one device)")
+
+
+def init_distributed(a) -> bool:
+    """jax.distributed from the --dist.* flags (before any device is touched); True when it was initialised.
+    UserError (one line) for an incomplete or out-of-range set of flags."""
+    given = [a.dist_coordinator, a.dist_num_processes, a.dist_process_id]
+    if all(v is None for v in given):
+        return False
+    if any(v is None for v in given):
+        raise UsageError("--dist.coordinator, --dist.num_processes and --dist.process_id go together")
+    host, _, port = a.dist_coordinator.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--dist.coordinator must be HOST:PORT, got {a.dist_coordinator!r}")
+    n = cli.integer(a.dist_num_processes, "--dist.num_processes", low=1, high=100_000)
+    cli.integer(a.dist_process_id, "--dist.process_id", low=0, high=n - 1)
+    import jax
+
+    jax.distributed.initialize(a.dist_coordinator, n, a.dist_process_id)
+    return True
+
+
+def mesh_from_flag(spec):
+    """The sampling mesh of ``--mesh`` (None: one device); UserError (one line) when it does not fit."""
+    if spec is None:
+        return None
+    from yume_jax import sharding
+
+    try:
+        return sharding.sampling_mesh(spec)
+    except ValueError as e:
+        raise UsageError(str(e) if str(e).startswith("--mesh") else f"--mesh {spec}: {e}") from None
 
 
 def add_compile_cache_flag(ap) -> None:
@@ -218,6 +268,15 @@ def write_sidecar(path: Path, data: dict) -> None:
 
 def run(a) -> int:
     check_flags(a)
+    distributed = init_distributed(a)
+    if distributed and a.actions is None:
+        raise UsageError("a multi-process run needs --actions (the keyboard is read by no process)")
+    a.sampling_mesh = mesh_from_flag(a.mesh)  # checked before anything is loaded or locked
+    if distributed:
+        import jax
+
+        if jax.process_index() != 0:  # the same exploration on its share of the mesh; process 0 writes
+            return _run_locked(a, None, None)
     out = Path(a.out)
     sidecar = out.with_suffix(out.suffix + ".json")
     for p in (out, sidecar):
@@ -252,7 +311,7 @@ def _run_locked(a, out: Path, sidecar: Path) -> int:
     try:
         pipe_dir = pipeline_dirs.resolve(ckpt, encoders=a.encoders, progress=True)
         read_pipeline_json(pipe_dir)
-        pipe = load_pipeline(pipe_dir)
+        pipe = load_pipeline(pipe_dir, mesh=a.sampling_mesh)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
     if not isinstance(pipe.defaults, dict):
@@ -266,6 +325,9 @@ def _run_locked(a, out: Path, sidecar: Path) -> int:
         config = build_config(a, pipe)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if config.block_cache and pipe.cfg_parallel and config.sampler.cfg_scale != 1.0:
+        raise UsageError(f"--cache does not combine with CFG-parallel sampling (--mesh {a.mesh}): drop cfg=2 "
+                         "from --mesh or give --cache 0")
     bar = {"bar": None}
 
     def on_step(i):
@@ -278,6 +340,10 @@ def _run_locked(a, out: Path, sidecar: Path) -> int:
         raise UsageError(str(e)) from None
     from infer.mp4 import GrowingMP4
 
+    if out is None:  # a secondary process of a multi-host run: sample, write nothing
+        for action in scripted:
+            session.step(action)
+        return 0
     return _explore(a, session, config, ckpt, out, sidecar, scripted, bar, GrowingMP4)
 
 

@@ -331,7 +331,7 @@ def build_app(server: Server):
 
 
 def parse_args(argv):
-    from infer.explore import add_compile_cache_flag
+    from infer.explore import add_compile_cache_flag, add_mesh_flag
 
     ap = argparse.ArgumentParser(prog="python -m infer.serve", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -355,6 +355,7 @@ def parse_args(argv):
     ap.add_argument("--max-sessions", type=int, default=4, help="open tabs at once")
     ap.add_argument("--seed", type=int, default=0)
     add_compile_cache_flag(ap)
+    add_mesh_flag(ap)
     return ap.parse_args(argv)
 
 
@@ -389,14 +390,15 @@ def _main(argv) -> int:
     a = parse_args(argv)
     cli.integer(a.port, "--port", low=0, high=65535)
     cli.integer(a.max_sessions, "--max-sessions", low=1)
-    from infer.explore import default_pipeline_dir
+    from infer.explore import default_pipeline_dir, mesh_from_flag
     from yume_jax.convert import pipeline_dirs
     from yume_jax.pipeline import enable_compile_cache, load_pipeline
 
     cache = enable_compile_cache(a.compile_cache)
     ckpt = Path(a.checkpoint) if a.checkpoint else default_pipeline_dir()
     try:
-        pipe = load_pipeline(pipeline_dirs.resolve(ckpt, encoders=a.encoders, progress=True))
+        pipe = load_pipeline(pipeline_dirs.resolve(ckpt, encoders=a.encoders, progress=True),
+                             mesh=mesh_from_flag(a.mesh))
     except (FileNotFoundError, ValueError) as e:
         raise cli.UserError(str(e)) from None
     config = run_config(a, pipe)

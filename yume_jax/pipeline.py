@@ -6,9 +6,22 @@ and the sampler programs are compiled once per (sampler config, chunk length, ca
 hook) and then per input shape, so a second session with the same config and shapes compiles nothing.
 Sampling calls are serialised by a lock (one device, many sessions: a web server's browser tabs); the
 per-step progress hook is routed to the calling session, so it is not baked into the program.
+
+Several devices (``load_pipeline(path, mesh=...)`` or :meth:`Pipeline.with_mesh`; the mesh from
+:func:`yume_jax.sharding.sampling_mesh`, e.g. ``context=4,cfg=2``): the DiT's parameters are placed by the
+logical axis table (yume_jax/sharding.py ``RULES``: replicated over ``cfg`` and ``context``, split over
+``tensor``/``fsdp`` where given), the latents and tokens of every evaluation are sharded over ``context``
+(sequence parallel; the DiT's attention gathers keys/values over it, yume_jax/models/attention.py), and
+with a ``cfg`` axis of size 2 the conditional and unconditional halves of a guided batch run on the two
+halves of the mesh (yume_jax/sampling/cfg.py ``guided_split``). All of it is JAX sharding (NamedSharding,
+``with_sharding_constraint``, ``shard_map``), no hand-written collectives. The VAE and the encoders stay on
+each process's first device. The mesh may span several processes (jax.distributed, multi-host): every
+process runs the same session with the same inputs, the sampler's inputs become global replicated arrays and
+its output comes back to each process as a local array.
 """
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from dataclasses import dataclass, field
@@ -17,7 +30,9 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from yume_jax import sharding
 from yume_jax.sampling import api as sampling
@@ -117,7 +132,28 @@ class Pipeline:
 
     @property
     def mesh(self):
+        """The DiT's mesh (None: one device)."""
         return self.dit.mesh
+
+    @property
+    def cfg_parallel(self) -> bool:
+        """Guided sampling splits cond/uncond over the mesh's ``cfg`` axis (present, size 2)."""
+        m = self.mesh
+        return m is not None and m.shape.get(sharding.CFG_AXIS, 1) == 2
+
+    def with_mesh(self, mesh) -> "Pipeline":
+        """This pipeline with its DiT's parameters placed on ``mesh`` (None: gathered onto one device): a new
+        pipeline sharing the VAE and the encoders, with its own compiled samplers."""
+        from yume_jax.models.loader import DiT
+
+        if mesh is self.mesh:
+            return self
+        params = self.dit.params
+        if mesh is None:
+            params = jax.tree.map(lambda x: jax.device_put(_local(x), jax.local_devices()[0]), params)
+        dit = DiT(nnx.merge(self.dit.graphdef, params), self.dit.runtime, mesh=mesh)
+        return Pipeline(dit=dit, vae=self.vae, text_encoder=self.text_encoder, image_encoder=self.image_encoder,
+                        defaults=self.defaults, source=self.source)
 
     @property
     def conditioned(self) -> bool:
@@ -183,7 +219,10 @@ class Pipeline:
             if stateful:
                 step, cache = stateful
                 kw.update(cache=cache, refresh=block_cache.refreshes(cache_refresh, step))
-            with sharding.use_mesh(mesh):
+            with sharding.use_mesh(_trace_mesh(mesh)):
+                # sequence parallel: the latents split over ``context`` along their rows (the DiT's tokens
+                # are constrained to ("batch", "seq", ...) inside; non-dividing sizes stay replicated)
+                inp = sharding.constrain(inp, ("batch", None, None, "seq", None))
                 out = nnx.merge(graphdef, params)(inp, t, ctx["text"], ctx.get("image"), **kw)
             v, cache = out if stateful else (out, None)
             if n != f:
@@ -203,7 +242,9 @@ class Pipeline:
         key = (config, int(chunk_frames), int(cache_refresh), bool(progress))
         if key not in self._samplers:
             share = (self.dit.graphdef, self.dit.mesh, self.dit.runtime, int(chunk_frames), int(cache_refresh))
+            split = self.cfg_parallel and config.cfg_scale != 1.0
             self._samplers[key] = sampling.Sampler(config, self.velocity_model(chunk_frames, cache_refresh),
+                                                   mesh=self.mesh if split else None, cfg_axis=sharding.CFG_AXIS,
                                                    on_step=self._on_step if progress else None, share=share)
         return self._samplers[key]
 
@@ -235,14 +276,73 @@ class Pipeline:
             c = self.dit.config
             tokens = self.dit.model.num_tokens(noise.shape[2], noise.shape[3], noise.shape[4], chunk_frames)
             state = block_cache.init(cache, c.num_layers, noise.shape[0] * (2 if guided else 1), tokens, c.dim)
+        mesh = self.mesh
+        if mesh is not None:  # the inputs replicated over the mesh (global arrays when it spans processes)
+            noise, cond, uncond, key, frozen, state = (
+                _replicate(t, mesh) for t in (noise, cond, uncond, key, frozen, state))
         with self._lock:
             self._progress = on_step
             try:
                 out = sampler(self.dit.params, noise, cond, uncond if guided else None,
                               key=key if config.stochastic else None, frozen=frozen, state=state)
+                if mesh is not None:
+                    out = _gather(out, mesh)
                 return jax.block_until_ready(out) if block or on_step is not None else out
             finally:
                 self._progress = None
+
+
+def _trace_mesh(mesh):
+    """The mesh to shard against while tracing: inside a ``shard_map`` with manual axes (CFG-parallel halves)
+    the context's abstract mesh, so nested constraints and shard_maps see those axes as manual."""
+    if mesh is None:
+        return None
+    am = jax.sharding.get_abstract_mesh()
+    return am if not am.empty and am.manual_axes else mesh
+
+
+def _replicate(tree, mesh):
+    """``tree``'s arrays replicated over ``mesh``; every process holds the same values (same session, same
+    seed), so across processes each contributes its full local copy."""
+    rep = NamedSharding(mesh, PartitionSpec())
+    if jax.process_count() == 1:
+        return jax.tree.map(lambda x: jax.device_put(x, rep), tree)
+
+    def put(x):
+        if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = np.asarray(jax.random.key_data(x))
+            return jax.random.wrap_key_data(jax.make_array_from_process_local_data(rep, data),
+                                            impl=jax.random.key_impl(x))
+        return jax.make_array_from_process_local_data(rep, np.asarray(x))
+
+    return jax.tree.map(put, tree)
+
+
+def _local(x):
+    """A (replicated) global array as this process's local copy."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return x
+    return x.addressable_data(0)
+
+
+@functools.lru_cache(maxsize=16)
+def _replicated_identity(mesh):
+    return jax.jit(lambda x: x, out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+
+def _gather(out, mesh):
+    """The sampler's output replicated, then this process's copy on its first device (where the VAE runs),
+    uncommitted like a one-device sampler's output: the VAE's programs, compiled for uncommitted inputs
+    (the session's start), are reused instead of compiled again for a committed array."""
+    local = _local(_replicated_identity(mesh)(out))
+    if local.sharding.device_set != {jax.local_devices()[0]}:
+        local = jax.device_put(local, jax.local_devices()[0])
+    try:  # no public API makes an uncommitted view of a device buffer
+        from jax._src.array import ArrayImpl
+
+        return ArrayImpl(local.aval, local.sharding, [local], committed=False)
+    except Exception:  # pragma: no cover - a jax without it: correct, one more VAE compile
+        return local
 
 
 def sampler_config(defaults: dict, *, name: str | None = None, steps: int | None = None,
@@ -260,8 +360,9 @@ def sampler_config(defaults: dict, *, name: str | None = None, steps: int | None
         aam=sampling.AAMConfig(steps=min(4, steps)) if aam else None)
 
 
-def load_pipeline(path) -> Pipeline:
-    """A pipeline directory: dit/, vae/, text_encoder/, [image_encoder/], pipeline.json."""
+def load_pipeline(path, mesh=None) -> Pipeline:
+    """A pipeline directory: dit/, vae/, text_encoder/, [image_encoder/], pipeline.json. ``mesh``: the DiT's
+    parameters placed on it and sampling sharded over it (:func:`yume_jax.sharding.sampling_mesh`)."""
     import yume_jax
 
     path = Path(path)
@@ -269,7 +370,7 @@ def load_pipeline(path) -> Pipeline:
         if not (path / part).is_dir():
             raise FileNotFoundError(f"{path}: not a yume_jax pipeline directory (missing {part}/)")
     defaults = json.loads((path / PIPELINE_JSON).read_text()) if (path / PIPELINE_JSON).exists() else {}
-    pipe = Pipeline(dit=yume_jax.load_dit(path / "dit"), vae=yume_jax.load_vae(path / "vae"),
+    pipe = Pipeline(dit=yume_jax.load_dit(path / "dit", mesh=mesh), vae=yume_jax.load_vae(path / "vae"),
                     text_encoder=yume_jax.load_text_encoder(path / "text_encoder"),
                     image_encoder=(yume_jax.load_image_encoder(path / "image_encoder")
                                    if (path / "image_encoder").is_dir() else None),

@@ -102,7 +102,13 @@ class Session:
     """One exploration on a shared pipeline: history latents, decoder state, prompts, records."""
 
     def __init__(self, pipe: Pipeline, config: RolloutConfig, *, image: np.ndarray | None = None,
-                 video: np.ndarray | None = None, on_step: Optional[Callable[[int], None]] = None):
+                 video: np.ndarray | None = None, on_step: Optional[Callable[[int], None]] = None,
+                 mesh=None):
+        """``mesh``: sample on this mesh (context- and CFG-parallel, yume_jax/pipeline.py) with
+        ``pipe.with_mesh(mesh)``, a pipeline of its own; sessions sharing a pipeline share its mesh
+        (``load_pipeline(path, mesh=...)``). None: the pipeline's mesh."""
+        if mesh is not None and mesh is not pipe.mesh:
+            pipe = pipe.with_mesh(mesh)
         self.pipe, self.config = pipe, config
         cfg = pipe.dit.config
         stride = pipe.vae.cfg.spatial_stride
@@ -142,6 +148,12 @@ class Session:
             self.initial_frames = to_uint8(video_out)
         self.image_context = None
         self._clip()
+
+    @property
+    def mesh(self):
+        """The mesh this session samples on (its pipeline's; None: one device)."""
+        return self.pipe.mesh
+
     @property
     def cache(self) -> Optional[CacheConfig]:
         """The block cache of this run (None: off)."""

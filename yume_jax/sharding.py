@@ -2,7 +2,10 @@
 
 Mesh axes: ``data`` (pure data parallel), ``fsdp`` (data parallel + parameter/optimizer sharding,
 ZeRO-3), ``context`` (sequence parallel: video tokens split across devices), ``tensor`` (heads and
-FFN hidden units split across devices).
+FFN hidden units split across devices), and for inference only ``cfg`` (CFG-parallel sampling: the
+conditional and unconditional halves of a guided batch on the two halves of the mesh,
+yume_jax/sampling/cfg.py ``guided_split``; outermost, as it needs one reduction per evaluation). A mesh
+has the ``cfg`` axis only when its shape names it (:data:`INFERENCE_AXES`), so training meshes keep the four.
 
 Every parameter gets logical axes from :func:`param_axes` (by name, from its model family's table in
 :data:`PARAM_RULES`: DiT, umT5, CLIP, VAE), activations get them at :func:`constrain` calls in the model.
@@ -22,6 +25,8 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "context", "tensor")
+CFG_AXIS = "cfg"
+INFERENCE_AXES = (CFG_AXIS,) + MESH_AXES  # the axes a sampling mesh may have (cfg outermost)
 
 # logical axis -> mesh axes (None: replicated)
 RULES: dict[str, tuple[str, ...] | None] = {
@@ -47,17 +52,19 @@ RULES: dict[str, tuple[str, ...] | None] = {
 def make_mesh(shape: dict[str, int] | Sequence[int] | None = None, devices=None) -> Mesh:
     """A mesh over ``devices`` (default all) with the four axes; ``-1`` fills the remaining devices.
 
-    ``make_mesh({"fsdp": 2, "tensor": 4})``; axes not named have size 1.
+    ``make_mesh({"fsdp": 2, "tensor": 4})``; axes not named have size 1. Naming ``cfg`` (a sampling mesh,
+    ``make_mesh({"cfg": 2, "context": 4})``) adds it as the outermost axis.
     """
     devices = list(jax.devices() if devices is None else devices)
     if shape is None:
         shape = {"fsdp": -1}
     if not isinstance(shape, dict):
         shape = dict(zip(MESH_AXES, shape))
-    unknown = set(shape) - set(MESH_AXES)
+    axes = INFERENCE_AXES if CFG_AXIS in shape else MESH_AXES
+    unknown = set(shape) - set(axes)
     if unknown:
-        raise ValueError(f"unknown mesh axes {sorted(unknown)}; use {MESH_AXES}")
-    sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
+        raise ValueError(f"unknown mesh axes {sorted(unknown)}; use {INFERENCE_AXES}")
+    sizes = [int(shape.get(a, 1)) for a in axes]
     if sizes.count(-1) > 1:
         raise ValueError(f"at most one mesh axis may be -1: {shape}")
     known = math.prod(s for s in sizes if s != -1)
@@ -66,10 +73,53 @@ def make_mesh(shape: dict[str, int] | Sequence[int] | None = None, devices=None)
             raise ValueError(f"mesh {shape} does not divide {len(devices)} devices")
         sizes[sizes.index(-1)] = len(devices) // known
     if math.prod(sizes) != len(devices):
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+        raise ValueError(f"mesh {dict(zip(axes, sizes))} needs {math.prod(sizes)} devices, "
                          f"have {len(devices)}")
     arr = np.array(devices).reshape(sizes)
-    return Mesh(arr, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+    return Mesh(arr, axes, axis_types=(AxisType.Auto,) * len(axes))
+
+
+def parse_mesh_spec(text: str) -> dict[str, int]:
+    """``"context=4,cfg=2"`` -> ``{"context": 4, "cfg": 2}`` (axes of :data:`INFERENCE_AXES`, sizes >= 1 or
+    one -1: the remaining devices); ValueError with one line for anything else."""
+    out: dict[str, int] = {}
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        name, eq, size = part.partition("=")
+        name = name.strip()
+        if not eq or name not in INFERENCE_AXES:
+            raise ValueError(f"mesh spec {text!r}: expected AXIS=SIZE items with AXIS in {', '.join(INFERENCE_AXES)}"
+                             f" (e.g. context=4,cfg=2), got {part!r}")
+        if name in out:
+            raise ValueError(f"mesh spec {text!r}: axis {name} given twice")
+        try:
+            n = int(size)
+        except ValueError:
+            raise ValueError(f"mesh spec {text!r}: size of {name} must be an integer, got {size.strip()!r}") from None
+        if n < 1 and n != -1:
+            raise ValueError(f"mesh spec {text!r}: size of {name} must be >= 1 (or -1: the remaining devices)")
+        out[name] = n
+    if not out:
+        raise ValueError(f"mesh spec {text!r} names no axis (e.g. context=4,cfg=2)")
+    if out.get(CFG_AXIS, 1) not in (1, 2):
+        raise ValueError(f"mesh spec {text!r}: cfg must be 1 or 2 (the conditional and unconditional halves)")
+    return out
+
+
+def sampling_mesh(text: str, devices=None) -> Mesh:
+    """The mesh of a ``--mesh`` spec (:func:`parse_mesh_spec`) over ``devices`` (default all, every process;
+    in one process a spec naming fewer devices takes the first ones); ValueError with one line when the spec
+    does not fit the devices."""
+    shape = parse_mesh_spec(text)
+    devices = list(jax.devices() if devices is None else devices)
+    need = math.prod(v for v in shape.values() if v != -1)
+    if -1 not in shape.values() and need < len(devices) and jax.process_count() == 1:
+        devices = devices[:need]  # one process: a smaller mesh takes the first devices
+    try:
+        return make_mesh(shape, devices)
+    except ValueError as e:
+        raise ValueError(f"--mesh {text}: {e} ({jax.process_count()} process(es), {len(devices)} devices)") from None
 
 
 def spec(axes: Sequence[str | None], shape: Sequence[int] | None = None, mesh: Mesh | None = None) -> P:
