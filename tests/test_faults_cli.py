@@ -621,7 +621,7 @@ def stand_in(monkeypatch, tmp_path):
                            dit=SimpleNamespace(config=SimpleNamespace(image_dim=None)))
     pipe.sampler_config = lambda **kw: pipeline.sampler_config(pipe.run_defaults(), **kw)
     monkeypatch.setattr(pipeline_dirs, "resolve", lambda p, **kw: Path(p))
-    monkeypatch.setattr(pipeline, "load_pipeline", lambda p: pipe)
+    monkeypatch.setattr(pipeline, "load_pipeline", lambda p, **kw: pipe)
     monkeypatch.setattr(rollout, "Session", _Session)
     monkeypatch.setattr(_Session, "fault", staticmethod(lambda i: None))
     return lambda fault: monkeypatch.setattr(_Session, "fault", staticmethod(fault))
@@ -704,7 +704,7 @@ def test_calibration_never_writes_a_nan_ranking(stand_in, tmp_path, capsys, monk
     pj.write_text(json.dumps(SMALL))
     pipe = SimpleNamespace(defaults=dict(SMALL), source=str(tmp_path),
                            dit=SimpleNamespace(config=SimpleNamespace(image_dim=None, num_layers=4)))
-    monkeypatch.setattr(pipeline, "load_pipeline", lambda p: pipe)
+    monkeypatch.setattr(pipeline, "load_pipeline", lambda p, **kw: pipe)
 
     class S(_Session):
         history = jnp.zeros((1, 2, 3, 1, 1))
