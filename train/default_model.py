@@ -118,13 +118,17 @@ def _sha256(p: Path) -> str:
 
 def ship(pipeline, out, dtype: str = "bfloat16") -> Path:
     """Copy a pipeline directory (links resolved), DiT and VAE weights cast to ``dtype``, with SHA256SUMS."""
-    from yume_jax.convert.driver import convert
-    from yume_jax.core.checkpoint import atomic_dir
+    import ml_dtypes
 
+    from yume_jax.core.checkpoint import atomic_dir, open_checkpoint, write_checkpoint
+
+    cast = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
     src, out = Path(pipeline), Path(out)
     with atomic_dir(out) as tmp:
-        for part, fam in (("dit", "dit"), ("vae", "vae")):
-            convert(src / part, tmp / part, family=fam, dtype=dtype, progress=False)
+        for part in ("dit", "vae"):
+            ck = open_checkpoint((src / part).resolve(), part)
+            arrays = {k: np.asarray(ck.read(k), np.float32).astype(cast) for k in ck.keys()}
+            write_checkpoint(tmp / part, part, ck.meta["config"], arrays)
         for part in ("text_encoder", "image_encoder"):
             if (src / part).exists():
                 shutil.copytree((src / part).resolve(), tmp / part)
