@@ -18,3 +18,17 @@ def pytest_collection_modifyitems(config, items):
     ending the run alone on one worker. Which tests run is unchanged."""
     heavy = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.module.__name__ not in heavy)  # stable: order kept within each group
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def fast_compiles():
+    """XLA's optimisations off for a module whose time is compiles (``pytestmark =
+    pytest.mark.usefixtures("fast_compiles")``); restored after the module."""
+    import jax
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)

@@ -33,12 +33,7 @@ from yume_jax.train.tasks import distill as D
 from yume_jax.train.trainer import Trainer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compiles():
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compiles")  # tests/conftest.py: XLA optimisations off
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """DiT training batches from encoded sandbox walks (yume_jax/train/sandbox.py): the layout inference sees."""
 from __future__ import annotations
 
-import jax
 import numpy as np
 import pytest
 
@@ -14,13 +13,7 @@ from yume_jax.vae import WanVAE
 from yume_jax.vae.params import init_params
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compiles():
-    """Compiles dominate on CPU: XLA's optimisations off for this module (as tests/test_distill.py)."""
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compiles")  # tests/conftest.py: XLA optimisations off
 
 
 H, W = 16, 24

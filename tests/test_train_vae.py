@@ -16,13 +16,7 @@ from yume_jax.vae.model import WanVAEModel
 from yume_jax.vae.params import init_params
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compiles():
-    """Compiles dominate on CPU: XLA's optimisations off for this module (as tests/test_distill.py)."""
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compiles")  # tests/conftest.py: XLA optimisations off
 
 
 def test_chunks_are_the_inference_chunking():

@@ -132,10 +132,8 @@ def encode_pool(pool: Pool, vae, history: tuple[int, ...], chunk: int, image_rep
         parts.append(np.asarray(z))
         lat.append(np.concatenate(parts, axis=2))
         start = np.concatenate([np.repeat(fr[:, :1], image_repeat, axis=1), fr[:, :1 + 4 * m]], axis=1)
-        z, _ = vae.encode(px(start)), None
-        s_lat.append(np.asarray(z))
-        hist = np.concatenate([np.repeat(fr[:, :1], image_repeat + 1, axis=1)], axis=1)
-        st = vae.stream_encode(px(hist), None)[1]
+        s_lat.append(np.asarray(vae.encode(px(start))))
+        st = vae.stream_encode(px(np.repeat(fr[:, :1], image_repeat + 1, axis=1)), None)[1]
         s_gray.append(np.asarray(vae.stream_encode(zeros, st)[0]))
     return Encoded(np.concatenate(lat), {h: np.concatenate(v) for h, v in gray.items()}, np.concatenate(s_lat),
                    np.concatenate(s_gray), m, image_repeat)
