@@ -59,7 +59,8 @@ def parse_args(argv):
     ap.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = off)")
     ap.add_argument("--aam", action="store_true", help="anti-artifact mechanism (two passes)")
     ap.add_argument("--cache", type=int, default=0, metavar="N", help="block residual caching every N steps")
-    ap.add_argument("--history-mode", choices=["renoise", "clean"], default="renoise")
+    ap.add_argument("--history-mode", choices=["renoise", "clean"], default=None,
+                    help="renoise (Yume 1.0) or clean (Yume 1.5); default: pipeline.json's, else renoise")
     ap.add_argument("--chunk-frames", type=int, default=None, help="new latent frames per chunk")
     ap.add_argument("--height", type=int, default=None)
     ap.add_argument("--width", type=int, default=None)

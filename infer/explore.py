@@ -36,6 +36,8 @@ import numpy as np
 from yume_jax.core import cli
 
 DEFAULT_MODEL_DIR = Path(os.environ.get("YUME_JAX_CACHE", Path.home() / ".cache" / "yume-jax")) / "tiny-random-v1"
+# the embedded default model (docs/default_model.md), tracked in the repository with its SHA256SUMS
+EMBEDDED_MODEL = Path(__file__).resolve().parents[1] / "models" / "sandbox-world"
 ARROWS = {"\x1b[A": "↑", "\x1b[B": "↓", "\x1b[C": "→", "\x1b[D": "←", "\x1bOA": "↑", "\x1bOB": "↓",
           "\x1bOC": "→", "\x1bOD": "←"}
 
@@ -201,8 +203,12 @@ def read_video(path: str) -> np.ndarray:
 
 
 def default_pipeline_dir() -> Path:
+    """The embedded default model when the checkout has it (load_pipeline verifies its checksums), else the tiny
+    random test pipeline, said on stderr."""
     from yume_jax.testing import save_tiny_pipeline
 
+    if (EMBEDDED_MODEL / "pipeline.json").is_file():
+        return EMBEDDED_MODEL
     print("notice: no --checkpoint given and no trained default model is embedded yet: using a TINY RANDOM "
           f"model ({DEFAULT_MODEL_DIR}); the video shows untrained noise, not a world", file=sys.stderr)
     if not (DEFAULT_MODEL_DIR / "pipeline.json").exists():

@@ -104,3 +104,22 @@ def test_help_documents_the_benchmark(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "sandbox-bench v1" in out and "reverse-W-S" in out and "--compare" in out
+
+
+def test_run_settings_default_to_the_pipeline_json(pipe_dir, tmp_path):
+    """A run spec leaves size, chunk and history mode to pipeline.json (a clean-history model is evaluated as it
+    was trained) unless it names them."""
+    from yume_jax.eval import harness
+    from yume_jax.pipeline import load_pipeline
+
+    import shutil
+
+    d = tmp_path / "p"
+    shutil.copytree(pipe_dir, d)
+    (d / "pipeline.json").write_text(json.dumps({"height": 48, "width": 80, "chunk_frames": 1, "steps": 1,
+                                                 "cfg": 1.0, "history_mode": "clean", "max_history": 5}))
+    pipe = load_pipeline(d)
+    c = harness.Pipeline.rollout_config(harness.RunSpec(name="a"), pipe)
+    assert (c.height, c.width, c.chunk_frames, c.history_mode, c.max_history) == (48, 80, 1, "clean", 5)
+    c = harness.Pipeline.rollout_config(harness.RunSpec(name="b", history_mode="renoise", width=96), pipe)
+    assert (c.history_mode, c.width, c.height) == ("renoise", 96, 48)

@@ -14,7 +14,6 @@ has a distinct encoding.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -108,19 +107,11 @@ def export_dit(run, out, dtype: str = "bfloat16") -> Path:
     return Path(out)
 
 
-def _sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def ship(pipeline, out, dtype: str = "bfloat16") -> Path:
     """Copy a pipeline directory (links resolved), DiT and VAE weights cast to ``dtype``, with SHA256SUMS."""
     import ml_dtypes
 
-    from yume_jax.core.checkpoint import atomic_dir, open_checkpoint, write_checkpoint
+    from yume_jax.core.checkpoint import atomic_dir, open_checkpoint, write_checkpoint, write_checksums
 
     cast = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
     src, out = Path(pipeline), Path(out)
@@ -135,8 +126,7 @@ def ship(pipeline, out, dtype: str = "bfloat16") -> Path:
         meta = json.loads((src / "pipeline.json").read_text())
         meta.pop("source", None)
         (tmp / "pipeline.json").write_text(json.dumps(meta, indent=1))
-        sums = [f"{_sha256(p)}  {p.relative_to(tmp)}" for p in sorted(tmp.rglob("*")) if p.is_file()]
-        (tmp / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+        write_checksums(tmp)
     return out
 
 

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# The GPU stages of the embedded default model (docs/default_model.md), as they ran on one H200 through the
-# device tool (each stage is one call of <= 10 minutes; $OUT is what comes back). From the repository root:
+# The GPU stages of the embedded default model (docs/default_model.md), one device call each (<= 10 minutes;
+# $OUT is what comes back). From the repository root:
+#   bash train/default_model.sh smoke    # the whole chain at toy size (~1 min on a GPU, ~6 on 2 CPU cores)
 #   bash train/default_model.sh vae      # frozen encoders + stage 1 (VAE), exported with its latent statistics
-#   bash train/default_model.sh dit      # stage 2 (DiT) on walks encoded by models/sandbox-encoders;
-#   INIT=<previous \$OUT/dit> bash train/default_model.sh dit   # the next call continues from its EMA weights
+#   bash train/default_model.sh dit      # stage 2 (DiT) on walks encoded by models/sandbox-encoders; also
+#                                        # $OUT/pipeline (shipped layout: bf16, SHA256SUMS)
+#   INIT=<previous $OUT/dit> bash train/default_model.sh dit   # the next call continues from its EMA weights
+#   PIPE=<a shipped pipeline> bash train/default_model.sh evaluate   # infer.evaluate: teacher and explorer settings
 # Environment: VAE_SECONDS / DIT_SECONDS (training time of the stage; SIGTERM then saves a checkpoint),
-# OUT (results), WORK (scratch). Wheels the GPU image lacks travel in .whl/ (device README).
+# OUT (results), WORK (scratch). Wheels the GPU image lacks (grain, array_record, portpicker, dm-tree, ftfy,
+# wcwidth, tensorboardX) travel in .whl/: `bash train/gpu_wheels.sh` fetches them (device README).
 set -euo pipefail
 OUT=${OUT:-/tmp/default_model_out}; WORK=${WORK:-/tmp/default_model_work}; mkdir -p "$OUT" "$WORK"
 if [ -d .whl ] && ! python3 -c "import grain" 2>/dev/null; then
@@ -13,8 +17,29 @@ if [ -d .whl ] && ! python3 -c "import grain" 2>/dev/null; then
   export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
-stage=${1:?stage: vae | dit}
+stage=${1:?stage: smoke | vae | dit | evaluate}
 case "$stage" in
+smoke)  # every stage at toy size, in order, on this machine's device: a broken link fails in a minute
+  W="$WORK/smoke"; rm -rf "$W"; mkdir -p "$W"
+  python3 -m train.default_model encoders "$W/enc"
+  python3 -m train.train --config sandbox-vae --workdir="$W/vae" --tensorboard=false --progress=false \
+      --steps=3 --batch_size=2 --vae.clips=2 --vae.clip_frames=12 --checkpoint.every=3
+  python3 -m train.default_model export-vae "$W/vae" "$W/enc/vae"
+  python3 -m train.default_model eval-vae "$W/enc/vae" --walks 2
+  python3 -m train.train --config sandbox-world --workdir="$W/dit" --data.path="$W/enc" --tensorboard=false \
+      --progress=false --steps=2 --batch_size=2 --data.generate=2 --data.generate_frames=24 \
+      --data.history_latents=1,2 --checkpoint.every=2
+  python3 -m train.default_model export-dit "$W/dit" "$W/dit_export"
+  python3 -m train.train --config sandbox-world --workdir="$W/dit2" --data.path="$W/enc" --tensorboard=false \
+      --progress=false --steps=1 --batch_size=2 --data.generate=2 --data.generate_frames=24 \
+      --data.history_latents=1,2 --checkpoint.every=1 --model.init="$W/dit_export"
+  python3 -m train.default_model ship "$(python3 -c "import sys; from yume_jax.convert.pipeline_dirs import from_workdir; print(from_workdir(sys.argv[1]))" "$W/dit2")" "$W/pipeline"
+  if python3 -c "import av" 2>/dev/null; then  # PyAV writes the MP4 (not carried to the GPU image: train/gpu_wheels.sh)
+    python3 -m infer.explore --checkpoint "$W/pipeline" --actions "W,→" --steps 2 --out "$W/walk.mp4"
+  fi
+  python3 -m infer.evaluate --checkpoint "$W/pipeline" --cases quick --steps 2 --out "$W/eval"
+  du -sh "$W/pipeline"; echo "smoke: every stage ran" | tee "$OUT/smoke.txt"
+  ;;
 vae)
   python3 -m train.default_model encoders "$WORK/encoders"
   timeout -s TERM "${VAE_SECONDS:-420}" python3 -m train.train --config sandbox-vae --workdir="$WORK/vae" \
@@ -39,6 +64,13 @@ dit)
       --data.path="$ENC" --tensorboard=false --progress=false $INIT "${@:2}" || echo "train exited $?"
   cp "$WORK/dit/metrics.jsonl" "$OUT/dit_metrics.jsonl"; cp "$WORK/dit/config.json" "$OUT/dit_config.json"
   python3 -m train.default_model export-dit "$WORK/dit" "$OUT/dit"
+  PIPE_DIR=$(python3 -c "import sys; from yume_jax.convert.pipeline_dirs import from_workdir; print(from_workdir(sys.argv[1]))" "$WORK/dit")
+  python3 -m train.default_model ship "$PIPE_DIR" "$OUT/pipeline"
+  ;;
+evaluate)  # the issue's measurements: the 50-step CFG teacher settings and the explorer's defaults
+  PIPE=${PIPE:-models/sandbox-world}
+  python3 -m infer.evaluate --checkpoint "$PIPE" --compare "name=teacher-50-cfg5,steps=50,cfg=5" \
+      "name=explorer-default" truth noise --out "$OUT/eval" "${@:2}"
   ;;
 *) echo "unknown stage $stage" >&2; exit 2;;
 esac

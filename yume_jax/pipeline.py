@@ -361,14 +361,18 @@ def sampler_config(defaults: dict, *, name: str | None = None, steps: int | None
 
 
 def load_pipeline(path, mesh=None) -> Pipeline:
-    """A pipeline directory: dit/, vae/, text_encoder/, [image_encoder/], pipeline.json. ``mesh``: the DiT's
+    """A pipeline directory: dit/, vae/, text_encoder/, [image_encoder/], pipeline.json, [SHA256SUMS: a shipped
+    directory, every listed file verified first, CheckpointError naming one that differs]. ``mesh``: the DiT's
     parameters placed on it and sampling sharded over it (:func:`yume_jax.sharding.sampling_mesh`)."""
     import yume_jax
+    from yume_jax.core.checkpoint import CHECKSUMS, verify_checksums
 
     path = Path(path)
     for part in ("dit", "vae", "text_encoder"):
         if not (path / part).is_dir():
             raise FileNotFoundError(f"{path}: not a yume_jax pipeline directory (missing {part}/)")
+    if (path / CHECKSUMS).is_file():
+        verify_checksums(path)
     defaults = json.loads((path / PIPELINE_JSON).read_text()) if (path / PIPELINE_JSON).exists() else {}
     pipe = Pipeline(dit=yume_jax.load_dit(path / "dit", mesh=mesh), vae=yume_jax.load_vae(path / "vae"),
                     text_encoder=yume_jax.load_text_encoder(path / "text_encoder"),

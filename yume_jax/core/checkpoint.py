@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import os
 import re
@@ -184,6 +185,47 @@ def check_replaceable(out: str | os.PathLike, inputs: Sequence[str | os.PathLike
             raise CheckpointError(f"refusing --force: the destination is the input {i} or holds it", file=out)
     if not is_output(out):
         raise CheckpointError(f"refusing --force: not a previous {what}", file=out)
+
+
+CHECKSUMS = "SHA256SUMS"
+
+
+def sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checksums(root: str | os.PathLike) -> Path:
+    """``root/SHA256SUMS``: one ``<sha256>  <relative path>`` line per file under ``root`` (``sha256sum -c``
+    format; links resolved), sorted; what a shipped directory is verified against (:func:`verify_checksums`)."""
+    root = Path(root)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != CHECKSUMS)
+    text = "".join(f"{sha256(p)}  {p.relative_to(root).as_posix()}\n" for p in files)
+    return atomic_write_text(root / CHECKSUMS, text)
+
+
+def verify_checksums(root: str | os.PathLike) -> int:
+    """Check every file ``root/SHA256SUMS`` lists (and that no listed file is missing); the number checked.
+    CheckpointError naming the first file that differs or is missing, or a malformed line."""
+    root = Path(root)
+    sums = root / CHECKSUMS
+    n = 0
+    for i, line in enumerate(sums.read_text(encoding="utf-8").splitlines(), 1):
+        digest, sep, name = line.partition("  ")
+        if not line.strip():
+            continue
+        if not sep or len(digest) != 64 or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+            raise CheckpointError(f"line {i} is not '<sha256>  <relative path>'", file=sums)
+        f = root / name
+        if not f.is_file():
+            raise CheckpointError(f"{name} is listed but missing", file=sums)
+        if sha256(f) != digest:
+            raise CheckpointError(f"{name} does not match its checksum (modified or corrupt)", file=sums)
+        n += 1
+    return n
 
 
 def write_checkpoint(path: str | os.PathLike, family: str, config: dict, tensors: dict[str, np.ndarray],

@@ -44,7 +44,7 @@ class RunSpec:
     cfg: Optional[float] = None  # None: pipeline.json's (else 5.0)
     aam: bool = False
     cache: int = 0  # block residual cache refresh interval (0: off)
-    history_mode: str = "renoise"
+    history_mode: Optional[str] = None  # None: pipeline.json's (else renoise)
     chunk_frames: Optional[int] = None  # references: 2 latent frames = 8 video frames per chunk
     height: Optional[int] = None  # references: 96 x 160
     width: Optional[int] = None
@@ -113,19 +113,25 @@ class Pipeline:
 
     def __init__(self, spec: RunSpec, default_dir: Callable[[], str] | None = None):
         from yume_jax.pipeline import load_pipeline
-        from yume_jax.rollout import RolloutConfig
 
         path = spec.checkpoint or (default_dir() if default_dir else None)
         if path is None:
             raise ValueError(f"run {spec.name!r}: no checkpoint")
         self.pipe = load_pipeline(path)
-        d = self.pipe.defaults
-        sampler = self.pipe.sampler_config(name=spec.sampler, steps=spec.steps, cfg_scale=spec.cfg, aam=spec.aam)
-        self.config = RolloutConfig(height=spec.height or d.get("height", 96), width=spec.width or d.get("width", 160),
-                                    chunk_frames=spec.chunk_frames or d.get("chunk_frames", 2),
-                                    history_mode=spec.history_mode, seed=spec.seed, sampler=sampler,
-                                    block_cache=spec.cache)
+        self.config = self.rollout_config(spec, self.pipe)
         self.source = str(path)
+
+    @staticmethod
+    def rollout_config(spec: RunSpec, pipe):
+        """pipeline.json's run defaults (size, chunk, history mode, cap, prompt style, sampler) under what
+        ``spec`` names: a clean-history model is evaluated as it was trained unless the spec says otherwise."""
+        from yume_jax.rollout import RolloutConfig
+
+        sampler = pipe.sampler_config(name=spec.sampler, steps=spec.steps, cfg_scale=spec.cfg, aam=spec.aam)
+        given = {"height": spec.height, "width": spec.width, "chunk_frames": spec.chunk_frames,
+                 "history_mode": spec.history_mode}
+        return RolloutConfig.for_pipeline(pipe, **{k: v for k, v in given.items() if v is not None}, seed=spec.seed,
+                                          sampler=sampler, block_cache=spec.cache)
 
     @property
     def frames_per_chunk(self) -> int:
