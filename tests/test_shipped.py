@@ -75,3 +75,16 @@ def test_explorer_uses_the_embedded_model_and_names_a_corrupt_one(shipped, tmp_p
     err = [ln for ln in r.stderr.strip().splitlines() if not ln.startswith("notice")]
     assert len(err) == 1 and "dit/params.safetensors does not match its checksum" in err[0]
     assert not (tmp_path / "w.mp4").exists()
+
+
+def test_loss_curves_join_the_calls_of_a_stage(tmp_path):
+    from train.default_model import plot_loss, read_metrics
+
+    a, b, v = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "v.jsonl"
+    a.write_text("".join(json.dumps({"step": s, "loss_masked": 1.0 / s, "loss_unmasked": 0.5 / s}) + "\n"
+                         for s in (1, 2, 3)))
+    b.write_text(json.dumps({"step": 1, "loss_masked": 0.2, "loss_unmasked": 0.1}) + "\n\n")  # resumed: 1 again
+    v.write_text(json.dumps({"step": 1, "loss": 1.0, "psnr": 12.0}) + "\n")
+    assert [r["step"] for r in read_metrics([a, b])] == [1, 2, 3, 4]
+    png = plot_loss(tmp_path / "loss.png", [v], [a, b])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

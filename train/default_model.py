@@ -6,6 +6,7 @@ stage are in ``train/default_model.sh``.
     python -m train.default_model eval-vae VAE_DIR        # PSNR / SSIM on held-out sandbox walks (JSON line)
     python -m train.default_model export-dit RUN OUT      # a flow run's EMA DiT (bf16): the next stage's --model.init
     python -m train.default_model ship PIPELINE OUT       # a trained pipeline -> the shipped directory (bf16, sha256)
+    python -m train.default_model plot-loss OUT.png VAE_METRICS DIT_METRICS...   # the model card's loss curves
 
 The frozen encoders are random (seeded): the DiT learns to read them (issue 15 allows it; no pretrained
 umT5 or CLIP weights can be fetched here). The text encoder reads bytes (ByT5 tokenizer), so every prompt
@@ -130,6 +131,56 @@ def ship(pipeline, out, dtype: str = "bfloat16") -> Path:
     return out
 
 
+def read_metrics(paths) -> list[dict]:
+    """The rows of ``metrics.jsonl`` files of consecutive calls of one stage, steps made continuous (a call started
+    with ``--model.init`` counts from 1 again)."""
+    rows, offset = [], 0
+    for p in paths:
+        last = 0
+        for line in Path(p).read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                last = r["step"]
+                rows.append({**r, "step": offset + r["step"]})
+        offset += last
+    return rows
+
+
+def plot_loss(out, vae_metrics, dit_metrics) -> Path:
+    """A PNG: the VAE's reconstruction PSNR and loss, the DiT's flow losses (masked and unmasked MVDT passes),
+    against steps, with the boundaries between device calls marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    v = read_metrics(vae_metrics)
+    if v:
+        a.plot([r["step"] for r in v], [r["loss"] for r in v], lw=0.8, label="loss")
+        a2 = a.twinx()
+        a2.plot([r["step"] for r in v if "psnr" in r], [r["psnr"] for r in v if "psnr" in r], color="C1", lw=0.8)
+        a2.set_ylabel("train PSNR (dB)", color="C1")
+        a.set_yscale("log")
+    a.set(title="stage 1: VAE", xlabel="step", ylabel="loss")
+    d = read_metrics(dit_metrics)
+    for key in ("loss_unmasked", "loss_masked"):
+        pts = [(r["step"], r[key]) for r in d if key in r]
+        if pts:
+            b.plot(*zip(*pts), lw=0.8, label=key.replace("loss_", ""))
+    offset = 0
+    for p in dit_metrics[:-1]:
+        offset += read_metrics([p])[-1]["step"]
+        b.axvline(offset, color="gray", lw=0.5, ls="--")
+    b.set(title="stage 2: DiT (flow loss, MVDT passes; dashed: device calls)", xlabel="step", ylabel="loss")
+    b.legend()
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def main(argv=None) -> int:
     from yume_jax.core import cli
 
@@ -149,6 +200,10 @@ def main(argv=None) -> int:
         s = sub.add_parser("ship")
         s.add_argument("pipeline")
         s.add_argument("out")
+        pl = sub.add_parser("plot-loss")
+        pl.add_argument("out")
+        pl.add_argument("vae_metrics")
+        pl.add_argument("dit_metrics", nargs="+")
         a = ap.parse_args(args)
         if a.cmd == "encoders":
             print(write_encoders(a.out))
@@ -158,6 +213,11 @@ def main(argv=None) -> int:
             export_dit(a.run, a.out)
         elif a.cmd == "eval-vae":
             print(json.dumps(eval_vae(a.vae, a.walks)))
+        elif a.cmd == "plot-loss":
+            missing = [p for p in [a.vae_metrics, *a.dit_metrics] if not Path(p).is_file()]
+            if missing:
+                raise cli.UserError(f"metrics file not found: {missing[0]}")
+            print(plot_loss(a.out, [a.vae_metrics], a.dit_metrics))
         else:
             print(ship(a.pipeline, a.out))
         return 0

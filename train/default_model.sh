@@ -5,7 +5,8 @@
 #   bash train/default_model.sh vae      # frozen encoders + stage 1 (VAE), exported with its latent statistics
 #   bash train/default_model.sh dit      # stage 2 (DiT) on walks encoded by models/sandbox-encoders; also
 #                                        # $OUT/pipeline (shipped layout: bf16, SHA256SUMS)
-#   INIT=<previous $OUT/dit> bash train/default_model.sh dit   # the next call continues from its EMA weights
+#   SEED=1 INIT=<previous $OUT/dit> bash train/default_model.sh dit   # the next call continues from its EMA
+#                                        # weights on fresh walks (SEED=2 for the one after, ...)
 #   PIPE=<a shipped pipeline> bash train/default_model.sh evaluate   # infer.evaluate: teacher and explorer settings
 # Environment: VAE_SECONDS / DIT_SECONDS (training time of the stage; SIGTERM then saves a checkpoint),
 # OUT (results), WORK (scratch). Wheels the GPU image lacks (grain, array_record, portpicker, dm-tree, ftfy,
@@ -60,8 +61,11 @@ PY
 dit)
   ENC=${ENCODERS:-models/sandbox-encoders}
   INIT=${INIT:+--model.init=$INIT}  # the previous call's $OUT/dit (EMA weights, bf16): resume across calls
+  SEED=${SEED:-0}  # walks [SEED, i]: give each call its own (1, 2, ...) so every call trains on fresh walks
+  [ "$SEED" != 777 ] || { echo "SEED 777 is the held-out walks' seed (train/default_model.py HELD_OUT_SEED)" >&2; exit 2; }
   timeout -s TERM "${DIT_SECONDS:-420}" python3 -m train.train --config sandbox-world --workdir="$WORK/dit" \
-      --data.path="$ENC" --tensorboard=false --progress=false $INIT "${@:2}" || echo "train exited $?"
+      --data.path="$ENC" --data.seed="$SEED" --tensorboard=false --progress=false $INIT "${@:2}" \
+      || echo "train exited $?"
   cp "$WORK/dit/metrics.jsonl" "$OUT/dit_metrics.jsonl"; cp "$WORK/dit/config.json" "$OUT/dit_config.json"
   python3 -m train.default_model export-dit "$WORK/dit" "$OUT/dit"
   PIPE_DIR=$(python3 -c "import sys; from yume_jax.convert.pipeline_dirs import from_workdir; print(from_workdir(sys.argv[1]))" "$WORK/dit")
