@@ -172,7 +172,7 @@ def plot_loss(out, vae_metrics, dit_metrics) -> Path:
     for p in dit_metrics[:-1]:
         offset += read_metrics([p])[-1]["step"]
         b.axvline(offset, color="gray", lw=0.5, ls="--")
-    b.set(title="stage 2: DiT (flow loss, MVDT passes; dashed: device calls)", xlabel="step", ylabel="loss")
+    b.set(title="stage 2: DiT flow loss (dashed: device calls)", xlabel="step", ylabel="loss")
     b.legend()
     fig.tight_layout()
     out = Path(out)
