@@ -360,17 +360,22 @@ def sampler_config(defaults: dict, *, name: str | None = None, steps: int | None
         aam=sampling.AAMConfig(steps=min(4, steps)) if aam else None)
 
 
-def load_pipeline(path, mesh=None) -> Pipeline:
+def load_pipeline(path, mesh=None, seq_parallel: str = "auto") -> Pipeline:
     """A pipeline directory: dit/, vae/, text_encoder/, [image_encoder/], pipeline.json. ``mesh``: the DiT's
-    parameters placed on it and sampling sharded over it (:func:`yume_jax.sharding.sampling_mesh`)."""
+    parameters placed on it and sampling sharded over it (:func:`yume_jax.sharding.sampling_mesh`);
+    ``seq_parallel``: the self-attention's strategy over its context axis (auto, ulysses, gather;
+    yume_jax/models/attention.py), ValueError (one line) when ``ulysses`` cannot split the model's heads."""
     import yume_jax
+    from yume_jax.models.attention import seq_parallel_strategy
 
     path = Path(path)
     for part in ("dit", "vae", "text_encoder"):
         if not (path / part).is_dir():
             raise FileNotFoundError(f"{path}: not a yume_jax pipeline directory (missing {part}/)")
     defaults = json.loads((path / PIPELINE_JSON).read_text()) if (path / PIPELINE_JSON).exists() else {}
-    pipe = Pipeline(dit=yume_jax.load_dit(path / "dit", mesh=mesh), vae=yume_jax.load_vae(path / "vae"),
+    dit = yume_jax.load_dit(path / "dit", mesh=mesh, seq_parallel=seq_parallel)
+    seq_parallel_strategy(mesh, dit.config.num_heads, seq_parallel)  # a forced ulysses that cannot split: now
+    pipe = Pipeline(dit=dit, vae=yume_jax.load_vae(path / "vae"),
                     text_encoder=yume_jax.load_text_encoder(path / "text_encoder"),
                     image_encoder=(yume_jax.load_image_encoder(path / "image_encoder")
                                    if (path / "image_encoder").is_dir() else None),
