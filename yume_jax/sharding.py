@@ -37,6 +37,7 @@ RULES: dict[str, tuple[str, ...] | None] = {
     "act_heads": ("tensor",),
     "act_mlp": ("tensor",),
     "ctx_seq": None,
+    "act_width": ("context",),  # the VAE's image width (channels-last video), split spatially at inference
     # parameters
     "layers": None,
     "embed": ("fsdp",),
