@@ -6,8 +6,11 @@ loopback (jax.distributed, 4 CPU devices each, one mesh over both) equal one pro
 over ``context`` decodes like one device.
 
 Tolerance: float32 everywhere (matmul precision "highest", tests/conftest.py); the sharded programs reorder
-reductions (the CFG psum, the gathered attention), measured differences ~4e-6 on latents of unit scale, so
-``atol = rtol = 1e-4`` (well under any real sharding bug, which moves latents by O(1))."""
+reductions (the CFG psum, the attention's all-to-all or gather, the split VAE convolutions), measured
+differences ~7e-6 on the first chunk's latents (unit scale), so ``atol = rtol = 1e-4`` there (well under any
+real sharding bug, which moves latents by O(1)). Later chunks start from a history that went through the VAE
+decode -> encode loop and are sampled with one guided step (CFG 5), which amplifies that difference ~20x
+(measured 1.3e-4 to 2e-4 on chunks 2 and 3 for cfg=2,context=4, also with the VAE on one device): ``1e-3``."""
 from __future__ import annotations
 
 import json
@@ -28,11 +31,13 @@ from yume_jax.rollout import Session
 from yume_jax.testing import save_tiny_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-TOL = dict(atol=1e-4, rtol=1e-4)
+TOL = dict(atol=1e-4, rtol=1e-4)  # the first chunk
+TOL_LATER = dict(atol=1e-3, rtol=1e-3)  # chunks after a decode -> encode round and a guided step
 # the explorer's flags, shared by the in-process runs and the two-process CLI run (so one reference serves
 # both). 64x64: latents 8x8, 16 tokens per latent frame, every token count divides context=4 (really
-# sharded); --max-history 5: chunk 2 has chunk 1's shapes (no new compile). CFG 5 from pipeline.json.
-FLAGS = ["--actions", "W,A+→", "--steps", "1", "--height", "64", "--width", "64", "--max-history", "5",
+# sharded); --max-history 5: chunks 2 and 3 trim the same 7 stored frames to 5 (chunk 3 compiles nothing).
+# CFG 5 from pipeline.json.
+FLAGS = ["--actions", "W,A+→,W", "--steps", "1", "--height", "64", "--width", "64", "--max-history", "5",
          "--compile-cache", "off"]
 
 
@@ -74,7 +79,7 @@ def reference(tiny):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("spec,strategy", [("context=4", "ulysses"), ("cfg=2", "gather"),
-                                           ("cfg=2,context=4", "ulysses"), ("cfg=2,context=2,tensor=2", "ulysses")])
+                                           ("cfg=2,context=2,tensor=2", "ulysses")])  # cfg=2,context=4: 2 processes
 def test_sharded_exploration_equals_one_device(tiny, reference, spec, strategy):
     from yume_jax.models.attention import seq_parallel_strategy
 
@@ -95,11 +100,12 @@ def test_sharded_exploration_equals_one_device(tiny, reference, spec, strategy):
     assert pipe.vae.mesh.shape["context"] == n
     if n > 1:
         assert "context" in tuple(session.decode_state.caches[0][0].sharding.spec)
-    # the second chunk (same shapes) compiles nothing: the gathered latents reuse the VAE's programs
-    assert session.compiled[0] > 0 and session.compiled[1] == 0, session.compiled
+    # the third chunk (the second's shapes) compiles nothing: the gathered latents, committed to the first
+    # device like every VAE output, reuse the sampler's, the VAE's and the history window's programs
+    assert session.compiled[0] > 0 and session.compiled[2] == 0, session.compiled
     _, ref_lat, ref_frames = reference
-    for got, want in zip(lat, ref_lat):
-        np.testing.assert_allclose(got, want, **TOL)
+    for i, (got, want) in enumerate(zip(lat, ref_lat)):
+        np.testing.assert_allclose(got, want, err_msg=f"chunk {i + 1}", **(TOL if i == 0 else TOL_LATER))
     for got, want in zip(frames, ref_frames):
         assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
 

@@ -157,8 +157,9 @@ class Pipeline:
         if mesh is None:
             params = jax.tree.map(lambda x: jax.device_put(_local(x), jax.local_devices()[0]), params)
         dit = DiT(nnx.merge(self.dit.graphdef, params), self.dit.runtime, mesh=mesh)
-        return Pipeline(dit=dit, vae=self.vae.with_mesh(vae_mesh(mesh)), text_encoder=self.text_encoder,
-                        image_encoder=self.image_encoder, defaults=self.defaults, source=self.source)
+        vae = None if self.vae is None else self.vae.with_mesh(vae_mesh(mesh))
+        return Pipeline(dit=dit, vae=vae, text_encoder=self.text_encoder, image_encoder=self.image_encoder,
+                        defaults=self.defaults, source=self.source)
 
     @property
     def conditioned(self) -> bool:
