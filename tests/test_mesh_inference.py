@@ -130,6 +130,17 @@ def test_explore_cli_mesh_flag_error(capsys):
     assert code == 2 and len(err) == 1 and "--mesh context=16" in err[0] and "needs 16 devices" in err[0]
 
 
+def test_explore_cli_forced_ulysses_that_cannot_split_is_one_line(tiny, capsys):
+    """The tiny DiT's 4 heads do not divide context=8: ``--seq-parallel ulysses`` is a one-line error before
+    any sampling (auto would take the K/V gather)."""
+    from infer import explore
+
+    flags = tiny[0] + ["--mesh", "context=8", "--seq-parallel", "ulysses", "--out", "/nonexistent/x.mp4"]
+    code = explore.main(flags)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "seq_parallel=ulysses splits the 4 heads over context=8" in err[-1], err
+
+
 WORKER = textwrap.dedent('''
     import os, sys
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
