@@ -105,6 +105,7 @@ class MeshConfig:
 class RuntimeConfig:
     dtype: str = "bfloat16"  # compute dtype; parameters and optimizer state stay float32
     attention: str = "auto"
+    seq_parallel: str = "auto"  # over mesh.context: auto | ulysses (all-to-all head split) | gather (K/V all-gather)
     remat: str = "full"
     scan_layers: bool = True
 
@@ -190,7 +191,8 @@ class TrainConfig:
     def runtime_obj(self):
         from yume_jax.models.config import Runtime
         r = self.runtime
-        return Runtime(dtype=r.dtype, attention=r.attention, remat=r.remat, scan_layers=r.scan_layers)
+        return Runtime(dtype=r.dtype, attention=r.attention, seq_parallel=r.seq_parallel, remat=r.remat,
+                       scan_layers=r.scan_layers)
 
     def to_dict(self) -> dict:
         return configlib.jsonable(self)

@@ -142,6 +142,10 @@ def add_mesh_flag(ap) -> None:
                     help="sample on several devices: context=N (sequence parallel), cfg=2 (conditional and "
                          "unconditional halves on different devices), tensor=N, combinable, e.g. context=4,cfg=2; "
                          "-1 takes the remaining devices (default: one device)")
+    ap.add_argument("--seq-parallel", default="auto", choices=("auto", "ulysses", "gather"),
+                    help="self-attention over the mesh's context axis: ulysses (all-to-all to a head split; needs "
+                         "the heads to divide context x tensor), gather (queries keep their sequence shard, K/V "
+                         "all-gathered; any head count), auto (ulysses where the heads divide, else gather)")
 
 
 def init_distributed(a) -> bool:
@@ -317,7 +321,7 @@ def _run_locked(a, out: Path, sidecar: Path) -> int:
     try:
         pipe_dir = pipeline_dirs.resolve(ckpt, encoders=a.encoders, progress=True)
         read_pipeline_json(pipe_dir)
-        pipe = load_pipeline(pipe_dir, mesh=a.sampling_mesh)
+        pipe = load_pipeline(pipe_dir, mesh=a.sampling_mesh, seq_parallel=a.seq_parallel)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
     if not isinstance(pipe.defaults, dict):

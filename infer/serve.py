@@ -398,7 +398,7 @@ def _main(argv) -> int:
     ckpt = Path(a.checkpoint) if a.checkpoint else default_pipeline_dir()
     try:
         pipe = load_pipeline(pipeline_dirs.resolve(ckpt, encoders=a.encoders, progress=True),
-                             mesh=mesh_from_flag(a.mesh))
+                             mesh=mesh_from_flag(a.mesh), seq_parallel=a.seq_parallel)
     except (FileNotFoundError, ValueError) as e:
         raise cli.UserError(str(e)) from None
     config = run_config(a, pipe)

@@ -11,11 +11,14 @@ Several devices (``load_pipeline(path, mesh=...)`` or :meth:`Pipeline.with_mesh`
 :func:`yume_jax.sharding.sampling_mesh`, e.g. ``context=4,cfg=2``): the DiT's parameters are placed by the
 logical axis table (yume_jax/sharding.py ``RULES``: replicated over ``cfg`` and ``context``, split over
 ``tensor``/``fsdp`` where given), the latents and tokens of every evaluation are sharded over ``context``
-(sequence parallel; the DiT's attention gathers keys/values over it, yume_jax/models/attention.py), and
+(sequence parallel; the DiT's self-attention reshards to a head split by all-to-all (Ulysses) where the heads
+divide, else gathers keys/values; ``seq_parallel``, yume_jax/models/attention.py), and
 with a ``cfg`` axis of size 2 the conditional and unconditional halves of a guided batch run on the two
 halves of the mesh (yume_jax/sampling/cfg.py ``guided_split``). All of it is JAX sharding (NamedSharding,
-``with_sharding_constraint``, ``shard_map``), no hand-written collectives. The VAE and the encoders stay on
-each process's first device. The mesh may span several processes (jax.distributed, multi-host): every
+``with_sharding_constraint``, ``shard_map``), no hand-written collectives. The VAE's decode (and encode) is
+split spatially along the image width over as many of each process's devices as the mesh's context size
+(:func:`vae_mesh`, yume_jax/vae/stream.py), its outputs coming back to the process's first device; the text
+and image encoders stay on that device. The mesh may span several processes (jax.distributed, multi-host): every
 process runs the same session with the same inputs, the sampler's inputs become global replicated arrays and
 its output comes back to each process as a local array.
 """
@@ -40,6 +43,9 @@ from yume_jax.sampling import cache as block_cache
 
 PIPELINE_JSON = "pipeline.json"
 COMPILE_CACHE_ENV = "YUME_JAX_COMPILE_CACHE"
+# the name of JAX's monitoring event for one XLA compile (public through jax.monitoring listeners; the constant
+# itself lives in a private module, so it is spelled here; tests/test_compile_bound.py fails if it changes)
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
 # -- compiles: counting them, and JAX's persistent compilation cache --------------------------------
@@ -60,10 +66,9 @@ class CompileCounter:
         if cls._installed:
             return
         from jax import monitoring
-        from jax._src import dispatch
 
         def on_duration(event, duration, **kw):
-            if event == dispatch.BACKEND_COMPILE_EVENT:
+            if event == BACKEND_COMPILE_EVENT:
                 cls.requests += 1
                 cls.compile_s += float(duration)
 
@@ -143,7 +148,7 @@ class Pipeline:
 
     def with_mesh(self, mesh) -> "Pipeline":
         """This pipeline with its DiT's parameters placed on ``mesh`` (None: gathered onto one device): a new
-        pipeline sharing the VAE and the encoders, with its own compiled samplers."""
+        pipeline sharing the encoders, with its own compiled samplers and the VAE on :func:`vae_mesh`."""
         from yume_jax.models.loader import DiT
 
         if mesh is self.mesh:
@@ -152,7 +157,8 @@ class Pipeline:
         if mesh is None:
             params = jax.tree.map(lambda x: jax.device_put(_local(x), jax.local_devices()[0]), params)
         dit = DiT(nnx.merge(self.dit.graphdef, params), self.dit.runtime, mesh=mesh)
-        return Pipeline(dit=dit, vae=self.vae, text_encoder=self.text_encoder, image_encoder=self.image_encoder,
+        vae = None if self.vae is None else self.vae.with_mesh(vae_mesh(mesh))
+        return Pipeline(dit=dit, vae=vae, text_encoder=self.text_encoder, image_encoder=self.image_encoder,
                         defaults=self.defaults, source=self.source)
 
     @property
@@ -331,18 +337,26 @@ def _replicated_identity(mesh):
 
 
 def _gather(out, mesh):
-    """The sampler's output replicated, then this process's copy on its first device (where the VAE runs),
-    uncommitted like a one-device sampler's output: the VAE's programs, compiled for uncommitted inputs
-    (the session's start), are reused instead of compiled again for a committed array."""
+    """The sampler's output replicated, then this process's copy on its first device, committed there: where
+    a mesh pipeline's VAE puts every output (:func:`vae_mesh`), so the latents, the VAE's inputs and outputs
+    all have one placement and each VAE program compiles once per shape."""
     local = _local(_replicated_identity(mesh)(out))
     if local.sharding.device_set != {jax.local_devices()[0]}:
         local = jax.device_put(local, jax.local_devices()[0])
-    try:  # no public API makes an uncommitted view of a device buffer
-        from jax._src.array import ArrayImpl
+    return local
 
-        return ArrayImpl(local.aval, local.sharding, [local], committed=False)
-    except Exception:  # pragma: no cover - a jax without it: correct, one more VAE compile
-        return local
+
+def vae_mesh(mesh):
+    """The VAE's mesh on a sampling ``mesh`` (None: none): a ``context`` axis of the sampling mesh's context size
+    over this process's first devices, so decode and encode are split spatially over as many devices as the
+    DiT's sequence (yume_jax/vae/stream.py); of one device (this process's first) when the context size is 1
+    or exceeds this process's devices, which still gives the VAE one committed placement."""
+    if mesh is None:
+        return None
+    local = jax.local_devices()
+    n = mesh.shape["context"]
+    n = n if n <= len(local) else 1
+    return sharding.make_mesh({"context": n}, local[:n])
 
 
 def sampler_config(defaults: dict, *, name: str | None = None, steps: int | None = None,
@@ -360,12 +374,15 @@ def sampler_config(defaults: dict, *, name: str | None = None, steps: int | None
         aam=sampling.AAMConfig(steps=min(4, steps)) if aam else None)
 
 
-def load_pipeline(path, mesh=None) -> Pipeline:
+def load_pipeline(path, mesh=None, seq_parallel: str = "auto") -> Pipeline:
     """A pipeline directory: dit/, vae/, text_encoder/, [image_encoder/], pipeline.json, [SHA256SUMS: a shipped
     directory, every listed file verified first, CheckpointError naming one that differs]. ``mesh``: the DiT's
-    parameters placed on it and sampling sharded over it (:func:`yume_jax.sharding.sampling_mesh`)."""
+    parameters placed on it and sampling sharded over it (:func:`yume_jax.sharding.sampling_mesh`);
+    ``seq_parallel``: the self-attention's strategy over its context axis (auto, ulysses, gather;
+    yume_jax/models/attention.py), ValueError (one line) when ``ulysses`` cannot split the model's heads."""
     import yume_jax
     from yume_jax.core.checkpoint import CHECKSUMS, verify_checksums
+    from yume_jax.models.attention import seq_parallel_strategy
 
     path = Path(path)
     for part in ("dit", "vae", "text_encoder"):
@@ -374,7 +391,9 @@ def load_pipeline(path, mesh=None) -> Pipeline:
     if (path / CHECKSUMS).is_file():
         verify_checksums(path)
     defaults = json.loads((path / PIPELINE_JSON).read_text()) if (path / PIPELINE_JSON).exists() else {}
-    pipe = Pipeline(dit=yume_jax.load_dit(path / "dit", mesh=mesh), vae=yume_jax.load_vae(path / "vae"),
+    dit = yume_jax.load_dit(path / "dit", mesh=mesh, seq_parallel=seq_parallel)
+    seq_parallel_strategy(mesh, dit.config.num_heads, seq_parallel)  # a forced ulysses that cannot split: now
+    pipe = Pipeline(dit=dit, vae=yume_jax.load_vae(path / "vae").with_mesh(vae_mesh(mesh)),
                     text_encoder=yume_jax.load_text_encoder(path / "text_encoder"),
                     image_encoder=(yume_jax.load_image_encoder(path / "image_encoder")
                                    if (path / "image_encoder").is_dir() else None),

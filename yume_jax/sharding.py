@@ -7,6 +7,12 @@ conditional and unconditional halves of a guided batch on the two halves of the 
 yume_jax/sampling/cfg.py ``guided_split``; outermost, as it needs one reduction per evaluation). A mesh
 has the ``cfg`` axis only when its shape names it (:data:`INFERENCE_AXES`), so training meshes keep the four.
 
+At inference the ``context`` axis carries sequence parallelism: the DiT's tokens split over it, its
+self-attention either reshards them to a head split by all-to-all (Ulysses) where the heads divide
+context x tensor or gathers keys/values (yume_jax/models/attention.py, ``Runtime.seq_parallel``), and the
+VAE splits the frame width over it (``act_width``; yume_jax/vae/stream.py ``WanVAE.with_mesh``). A sampling
+mesh comes from a ``--mesh`` spec (:func:`sampling_mesh`).
+
 Every parameter gets logical axes from :func:`param_axes` (by name, from its model family's table in
 :data:`PARAM_RULES`: DiT, umT5, CLIP, VAE), activations get them at :func:`constrain` calls in the model.
 :data:`RULES` is the only place that says which mesh axis a logical axis lands on. A logical axis whose mesh axes do not divide the array dimension is left
@@ -37,6 +43,7 @@ RULES: dict[str, tuple[str, ...] | None] = {
     "act_heads": ("tensor",),
     "act_mlp": ("tensor",),
     "ctx_seq": None,
+    "act_width": ("context",),  # the VAE's image width (channels-last video), split spatially at inference
     # parameters
     "layers": None,
     "embed": ("fsdp",),

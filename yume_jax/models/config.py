@@ -65,6 +65,7 @@ class DiTConfig:
 
 
 ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "splash", "reference")
+SEQ_PARALLEL = ("auto", "ulysses", "gather")  # yume_jax/models/attention.py: sequence-parallel strategies
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
@@ -75,6 +76,9 @@ class Runtime:
 
     dtype: str = "float32"
     attention: str = "auto"  # auto: cudnn on GPU, splash on TPU, xla elsewhere
+    # self-attention over a mesh's context axis: auto (Ulysses all-to-all head split where the heads divide,
+    # else the K/V all-gather), ulysses, gather (yume_jax/models/attention.py)
+    seq_parallel: str = "auto"
     remat: str = "none"
     scan_layers: bool = True
     extra: dict = field(default_factory=dict, compare=False, hash=False)
@@ -84,5 +88,7 @@ class Runtime:
             raise ValueError(f"dtype must be float32, bfloat16 or float16, not {self.dtype!r}")
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, not {self.attention!r}")
+        if self.seq_parallel not in SEQ_PARALLEL:
+            raise ValueError(f"seq_parallel must be one of {SEQ_PARALLEL}, not {self.seq_parallel!r}")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat must be one of {REMAT_POLICIES}, not {self.remat!r}")

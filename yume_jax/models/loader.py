@@ -114,12 +114,13 @@ def shard_params(state, mesh):
 
 
 def load_dit(path: str | os.PathLike, dtype: str = "float32", *, param_dtype: str | None = None,
-             attention: str = "auto", remat: str = "none", mesh=None) -> DiT:
+             attention: str = "auto", remat: str = "none", mesh=None, seq_parallel: str = "auto") -> DiT:
     """Load a converted DiT checkpoint (``python -m yume_jax.convert`` output).
 
     ``dtype`` is the compute dtype; parameters are held in ``param_dtype`` (default: ``dtype``).
     With ``mesh`` (see :func:`yume_jax.sharding.make_mesh`) parameters are placed by the logical
-    axis table and the forward runs sharded.
+    axis table and the forward runs sharded; ``seq_parallel`` picks the self-attention's strategy over the
+    mesh's context axis (``Runtime.seq_parallel``: auto, ulysses, gather; yume_jax/models/attention.py).
     """
     src = open_checkpoint(path, "dit")
     cfg = DiTConfig.from_dict(src.meta["config"])
@@ -130,7 +131,7 @@ def load_dit(path: str | os.PathLike, dtype: str = "float32", *, param_dtype: st
         shardings = sharding.param_shardings({k: v.shape for k, v in flat.items()}, mesh)
         place = lambda name, arr: jax.device_put(arr, shardings[name])  # noqa: E731
     model = fill(abstract, src, place=place)
-    return DiT(model, Runtime(dtype=dtype, attention=attention, remat=remat), mesh=mesh)
+    return DiT(model, Runtime(dtype=dtype, attention=attention, remat=remat, seq_parallel=seq_parallel), mesh=mesh)
 
 
 def save_dit(model: nnx.Module, path: str | os.PathLike) -> Path:

@@ -94,7 +94,7 @@ class SelfAttention(_Attention):
         q, k, v = (t.reshape(b, l, n, d // n) for t in (q, k, v))
         q, k = rope_lib.apply_rope(q, cos, sin), rope_lib.apply_rope(k, cos, sin)
         q, k, v = (sharding.constrain(t, ("batch", "seq", "act_heads", None)) for t in (q, k, v))
-        y = attention(q, k, v, rt.attention).reshape(b, l, d)
+        y = attention(q, k, v, rt.attention, rt.seq_parallel).reshape(b, l, d)
         return self.o(y, rt.dtype)
 
 
@@ -125,12 +125,13 @@ class CrossAttention(_Attention):
             q = self.norm_q(q)
         q = sharding.constrain(q.reshape(b, l, n, d // n), ("batch", "seq", "act_heads", None))
         k, v = self._kv(ctx, self.k, self.v, self.norm_k, rt)
-        y = attention(q, k, v, rt.attention)
+        # K/V of the (replicated) text/image tokens: the query shard stays, no collective (attention.py)
+        y = attention(q, k, v, rt.attention, "gather")
         if self.k_img is not None:
             if ctx_img is None:
                 raise ValueError("this model has image cross-attention: image_context is required")
             ki, vi = self._kv(ctx_img, self.k_img, self.v_img, self.norm_k_img, rt)
-            y = y + attention(q, ki, vi, rt.attention)
+            y = y + attention(q, ki, vi, rt.attention, "gather")
         return self.o(y.reshape(b, l, d), rt.dtype)
 
 

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from yume_jax import sharding
 from yume_jax.vae.config import VAEConfig
 from yume_jax.vae.layers import (Cache, CausalConv3d, MidBlock, Resample, ResidualBlock, RMSNorm,
                                  avg_down, dup_up)
@@ -67,6 +68,15 @@ class ResidualUpBlock(nnx.Module):
         return x if short is None else x + short
 
 
+WIDTH = ("batch", None, None, "act_width", None)  # (B, T, H, W, C): the spatial split over "context"
+
+
+def _split(x: jax.Array) -> jax.Array:
+    """Activations split over the mesh's width axis (a no-op without a mesh, replicated where the width does not
+    divide): GSPMD partitions each convolution spatially and exchanges the 1-pixel halos between neighbours."""
+    return sharding.constrain(x, WIDTH)
+
+
 class Encoder(nnx.Module):
     def __init__(self, cfg: VAEConfig, *, rngs: nnx.Rngs):
         dims = [cfg.base_dim * m for m in (1, *cfg.dim_mult)]
@@ -89,11 +99,11 @@ class Encoder(nnx.Module):
         self.conv_out = CausalConv3d(dims[-1], 2 * cfg.z_dim, rngs=rngs)
 
     def __call__(self, x: jax.Array, cache: Cache) -> jax.Array:
-        x = self.conv_in(x, cache)
+        x = _split(self.conv_in(_split(x), cache))
         for blk in self.down_blocks:
-            x = blk(x, cache)
-        x = self.mid_block(x, cache)
-        return self.conv_out(jax.nn.silu(self.norm_out(x)), cache)
+            x = _split(blk(x, cache))
+        x = _split(self.mid_block(x, cache))
+        return _split(self.conv_out(jax.nn.silu(self.norm_out(x)), cache))
 
 
 class Decoder(nnx.Module):
@@ -117,11 +127,11 @@ class Decoder(nnx.Module):
         self.conv_out = CausalConv3d(dims[-1], cfg.out_channels, rngs=rngs)
 
     def __call__(self, x: jax.Array, cache: Cache) -> jax.Array:
-        x = self.conv_in(x, cache)
-        x = self.mid_block(x, cache)
+        x = _split(self.conv_in(_split(x), cache))
+        x = _split(self.mid_block(x, cache))
         for blk in self.up_blocks:
-            x = blk(x, cache)
-        return self.conv_out(jax.nn.silu(self.norm_out(x)), cache)
+            x = _split(blk(x, cache))
+        return _split(self.conv_out(jax.nn.silu(self.norm_out(x)), cache))
 
 
 class WanVAEModel(nnx.Module):

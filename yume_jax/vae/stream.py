@@ -8,6 +8,15 @@ steady state), and a :class:`StreamState` carries it between calls, so a long vi
 decoded piece by piece in memory bounded by the chunk, and an explorer decodes only the latent
 frames it has not decoded yet. Pieces give the same numbers as one call (the same steps run).
 
+Spatial split over devices (:meth:`WanVAE.with_mesh`, a mesh with a ``context`` axis of n devices): the
+parameters are replicated, each step's input is split along the image width over ``context`` and the encoder's
+and decoder's activations are constrained to stay so (yume_jax/vae/model.py; logical axis ``act_width``), so
+GSPMD partitions every convolution spatially, exchanging the halo columns between neighbouring devices, and
+the causal caches stay split too. It pays where the width divides n (544x960: 120 latent / 960 pixel columns,
+30 / 240 per device on 4; every later layer's width is a multiple): each device runs 1/n of the convolutions,
+the per-layer halo traffic being 2 columns out of W/n. A width n does not divide runs replicated (correct,
+no speed-up). Outputs come back to this process's first device (the sampler's and encoders' home).
+
 Tiling (``tiling=Tiling()``) follows diffusers' ``tiled_encode`` / ``tiled_decode`` geometry and
 seam blending (linear ramps over the overlap, row-major, already-blended neighbours), each tile
 with its own cache; tiles of equal shape share one compiled step.
@@ -23,7 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
 
+from yume_jax import sharding
 from yume_jax.vae.config import VAEConfig
 from yume_jax.vae.layers import Cache
 from yume_jax.vae.params import cast_state, graphdef, to_state
@@ -171,10 +182,11 @@ class WanVAE:
     diffusers' ``encode(x).latent_dist.mode()`` and ``decode(z).sample``.
     ``dtype`` is the compute dtype (RMS norms and the attention softmax run in float32 regardless).
     ``latents_per_step``: latent frames per compiled step after the first (1 = the reference chunking).
+    ``mesh``: split every step spatially over the mesh's ``context`` axis (module docstring; :meth:`with_mesh`).
     """
 
     def __init__(self, cfg: VAEConfig, params: dict, dtype: str = "float32", tiling: Tiling | None = None,
-                 latents_per_step: int = 1, *, source: str | None = None):
+                 latents_per_step: int = 1, *, source: str | None = None, mesh=None):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
         if latents_per_step < 1:
@@ -183,6 +195,10 @@ class WanVAE:
         self._graphdef = graphdef(cfg)
         self.params = params if isinstance(params, nnx.State) else to_state(cfg, params, self.dtype, file=source)
         self.params = cast_state(self.params, self.dtype)
+        self.source, self.mesh = source, mesh
+        if mesh is not None:  # replicated over the mesh; inputs placed split, outputs brought home (_run)
+            self.params = jax.device_put(self.params, NamedSharding(mesh, PartitionSpec()))
+            self._home = SingleDeviceSharding(jax.local_devices()[0])
         self._mean = jnp.asarray(cfg.latents_mean, jnp.float32)
         self._std = jnp.asarray(cfg.latents_std, jnp.float32)
         self.traces = {"encode": 0, "decode": 0, "assemble": 0}  # compilations (a test asserts one per shape)
@@ -192,22 +208,38 @@ class WanVAE:
         self._dec = jax.jit(self._decode_step, static_argnames=statics, donate_argnames=("cache",))
         self._asm = jax.jit(self._assemble_step, static_argnames=("grid", "kind"))
 
+    def with_mesh(self, mesh) -> "WanVAE":
+        """This VAE split spatially over ``mesh``'s ``context`` axis (None: one device): a new VAE sharing the
+        parameters' values, with its own compiled steps. Its streams (StreamState caches) live on the mesh."""
+        if mesh is self.mesh:
+            return self
+        dtype = next(k for k, v in DTYPES.items() if v == self.dtype)
+        params = self.params if mesh is not None else jax.device_put(self.params, jax.local_devices()[0])
+        return WanVAE(self.cfg, params, dtype, self.tiling, self.latents_per_step, source=self.source, mesh=mesh)
+
+    def _placement(self, shape) -> NamedSharding:
+        """A step input (B, C, T, H, W) split along W over ``context`` (the logical axis table decides; a width
+        the axis does not divide stays replicated)."""
+        return NamedSharding(self.mesh, sharding.spec(("batch", None, None, None, "act_width"), shape, self.mesh))
+
     # ---- the compiled steps ---------------------------------------------------------------------
 
     def _encode_step(self, params, cache, x, stats, *, first: bool, finish: bool):
         self.traces["encode"] += 1
         model = nnx.merge(self._graphdef, params)
         c = Cache(None if first else cache)
-        x = _patchify(jnp.transpose(x, (0, 2, 3, 4, 1)).astype(self.dtype), self.cfg.patch)
-        mu = model.encode_chunk(x, c).astype(jnp.float32)
+        with sharding.use_mesh(self.mesh):
+            x = _patchify(jnp.transpose(x, (0, 2, 3, 4, 1)).astype(self.dtype), self.cfg.patch)
+            mu = model.encode_chunk(x, c).astype(jnp.float32)
         return (self._finish_latents(mu, stats) if finish else mu), tuple(c.next)
 
     def _decode_step(self, params, cache, z, stats, *, first: bool, finish: bool):
         self.traces["decode"] += 1
         model = nnx.merge(self._graphdef, params)
         c = Cache(None if first else cache)
-        z = jnp.transpose(z, (0, 2, 3, 4, 1)).astype(jnp.float32) * stats[1] + stats[0]  # identity stats: exact
-        y = model.decode_chunk(z.astype(self.dtype), c)
+        with sharding.use_mesh(self.mesh):
+            z = jnp.transpose(z, (0, 2, 3, 4, 1)).astype(jnp.float32) * stats[1] + stats[0]  # identity: exact
+            y = model.decode_chunk(z.astype(self.dtype), c)
         return (self._finish_video(y) if finish else y), tuple(c.next)
 
     def _assemble_step(self, tiles, stats, *, grid: _Grid, kind: str):
@@ -328,6 +360,8 @@ class WanVAE:
             raise ValueError("this StreamState was made by a VAE with a different config")
         x = x if isinstance(x, jax.Array) else jnp.asarray(x)
         (self._check_video if kind == "encode" else self._check_latents)(x, state)
+        if self.mesh is not None:
+            x = jax.device_put(x, self._placement(x.shape))
         self._check_tiling()
         b, _, t, h, w = x.shape
         grid = self._grid(kind, h, w)
@@ -370,4 +404,7 @@ class WanVAE:
             outs.append(y)
         state.consumed = True
         new = StreamState(kind, state.frames + t, (b, h, w), tuple(caches), key, self.cfg.to_dict())
-        return (outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)), new
+        out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
+        if self.mesh is not None:  # home, committed: every VAE output meets the sampler's there
+            out = jax.device_put(out, self._home)
+        return out, new
