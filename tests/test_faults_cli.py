@@ -594,20 +594,30 @@ def test_corrupt_pipeline_parts(name, wan, tmp_path, capsys):
 
 class _Session:
     """Stands in for yume_jax.rollout.Session (the run loop is under test, not the model): ``fault(i)`` runs
-    before chunk ``i`` returns."""
+    when chunk ``i``'s frames are fetched (where the real session waits for the device and finds NaN)."""
 
     fault = staticmethod(lambda i: None)
 
-    def __init__(self, pipe, config, image=None, video=None, on_step=None):
+    def __init__(self, pipe, config, image=None, video=None):
         self.config, self.records = config, []
         self.initial_frames = np.zeros((1, config.height, config.width, 3), np.uint8)
 
-    def step(self, action):
+    def submit(self, action):
         i = len(self.records)
-        type(self).fault(i)
-        rec = dict(chunk=i, action=str(action), video_frames=4, timings_s=dict(sample=0.0, decode=0.0))
+        rec = dict(chunk=i, action=str(action), video_frames=4, timings_s=dict(text=0.0, dispatch=0.0))
         self.records.append(rec)
-        return np.full((4, self.config.height, self.config.width, 3), 40 * (i + 1), np.uint8), rec
+        return _Chunk(self, rec)
+
+
+class _Chunk:
+    def __init__(self, session, record):
+        self.session, self.record = session, record
+
+    def frames(self):
+        i = self.record["chunk"]
+        type(self.session).fault(i)
+        self.record["critical_path_s"] = dict(text=0.0, dispatch=0.0, wait=0.0, interval=None if i == 0 else 0.1)
+        return np.full((4, self.session.config.height, self.session.config.width, 3), 40 * (i + 1), np.uint8)
 
 
 @pytest.fixture
