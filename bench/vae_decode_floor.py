@@ -27,7 +27,9 @@ frames. Per step program, at the compute dtype (bf16 by default):
   and GB/s.
 
 Also reported: whether the continuation step compiles once for the whole stream (the cache returned by
-step k has step k-1's shapes: no re-padding, no recompile per chunk). One JSON line per VAE.
+step k has step k-1's shapes: no re-padding, no recompile per chunk). ``steady_chunk``: the
+same counts for a session's steady chunk (``latents`` continuation steps, 4 x ``latents`` video frames).
+One JSON line per VAE.
 """
 from __future__ import annotations
 
@@ -150,9 +152,15 @@ def analyse(version: str, size, latents: int, dtype: str, compile_size, xla: boo
         rec["decoder_kernel_bytes"] = c["kernel_bytes"]
         f32_convs = max(f32_convs, c["convs"].get("float32xfloat32", 0))
         rec[f"convs_{name}"] = c["convs"]
+        rec[f"step_{name}"] = dict(flops=c["conv_flops"] + c["dot_flops"], kernel_bytes=c["kernel_bytes"],
+                                   per_layer_bytes=c["conv_bytes"] + io, io_bytes=io)
     flops = conv_flops + dot_flops
     rec["analytic"] = dict(flops=flops, conv_flops=conv_flops, attention_flops=dot_flops,
                            absolute_floor_bytes=absolute, per_layer_floor_bytes=per_layer)
+    cont = rec["step_continuation"]  # a steady chunk of a session: every latent frame a continuation
+    rec["steady_chunk"] = dict(latents=latents, video_frames=4 * latents, flops=latents * cont["flops"],
+                               absolute_floor_bytes=latents * (cont["kernel_bytes"] + cont["io_bytes"]),
+                               per_layer_floor_bytes=latents * cont["per_layer_bytes"])
     rec["float32_convs_per_step"] = f32_convs  # 0 in bf16 mode: no upcast convolution
     if xla:
         ch, cw = compile_size or size
