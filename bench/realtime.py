@@ -128,6 +128,7 @@ def run_phase(a) -> dict:
         a.chunk_frames, a.max_history, a.buckets = rc.chunk_frames, rc.max_history, str(rc.history_buckets)
     else:
         pipe = build(a)
+        a.preset = "sandbox-yume" if a.sandbox else a.preset
         buckets = {"default": memory.BUCKETS, "exact": None}.get(a.buckets)
         if buckets is None and a.buckets != "exact":
             buckets = tuple(int(x) for x in a.buckets.split(","))

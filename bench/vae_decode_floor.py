@@ -45,7 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PRESET = {"2.1": "wan2.1", "2.2": "wan2.2"}
+PRESET = {"2.1": "wan2.1", "2.2": "wan2.2"}  # else a yume_jax.presets VAE name (sandbox-2.1, tiny-2.2, ...)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -126,7 +126,7 @@ def analyse(version: str, size, latents: int, dtype: str, compile_size, xla: boo
     from yume_jax.vae import WanVAE
     from yume_jax.vae.params import init_params
 
-    cfg = vae_preset(PRESET[version])
+    cfg = vae_preset(PRESET.get(version, version))
     vae = WanVAE(cfg, init_params(cfg, 0), dtype=dtype)
     H, W = size
     s = cfg.spatial_stride
@@ -134,7 +134,7 @@ def analyse(version: str, size, latents: int, dtype: str, compile_size, xla: boo
     # how many of each program a stream of ``latents`` frames runs
     runs = {"first": 1, "second": 1 if len(progs) == 3 else 0}
     runs["continuation"] = latents - 1 - runs["second"]
-    rec = dict(vae=PRESET[version], dtype=dtype, latents=latents, height=H, width=W,
+    rec = dict(vae=PRESET.get(version, version), dtype=dtype, latents=latents, height=H, width=W,
                video_frames=1 + 4 * (latents - 1), backend=jax.default_backend(),
                continuation_compiles_once=steady, programs={n: runs[n] for n, _, _ in progs},
 )
@@ -217,7 +217,8 @@ def measure(rec: dict, repeats: int, peak_tflops: float, peak_gbs: float) -> dic
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="2.2:704x1280,2.1:544x960", help="VERSION:HxW,...")
+    ap.add_argument("--sizes", default="2.2:704x1280,2.1:544x960",
+                    help="VERSION:HxW,... (VERSION 2.1, 2.2 or a VAE preset name, e.g. sandbox-2.1:96x160)")
     ap.add_argument("--latents", type=int, default=8)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--compile-size", type=_size, default=None, metavar="HxW",
