@@ -19,8 +19,8 @@ configured by infer.explore.build_config with ``--explorer-args``); ``--sandbox`
 ships at (DiT sandbox-yume, VAE sandbox-2.1, encoders sandbox-umt5 / sandbox-clip), random weights:
 
     PYTHONPATH=$PWD python bench/realtime.py --explorer --chunks 8 --warmup 4
-    PYTHONPATH=$PWD python bench/realtime.py --sandbox --dtype float32 --height 96 --width 160 --steps 4 --cfg 1 \
-        --chunk-frames 2 --chunks 8 --warmup 4
+    PYTHONPATH=$PWD python bench/realtime.py --sandbox --dtype float32 --vae-dtype float32 --height 96 --width 160 \
+        --steps 4 --cfg 1 --chunk-frames 2 --max-history 9 --chunks 8 --warmup 4
 """
 from __future__ import annotations
 
