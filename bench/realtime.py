@@ -12,6 +12,15 @@ cache) and ``cached`` (a second launch), so first-chunk latency is measured both
     PYTHONPATH=$PWD python bench/realtime.py --preset yume-i2v-14b --height 544 --width 960 --steps 4 --cfg 1
     PYTHONPATH=$PWD python bench/realtime.py --preset yume-5b --height 704 --width 1280 --teacher  # 50 steps, CFG 5
     PYTHONPATH=$PWD python bench/realtime.py --tiny --preset tiny-ti2v --height 32 --width 64 --chunks 3  # CPU smoke
+
+CPU figures (docs/realtime.md): ``--explorer`` runs the pipeline and run config of ``python -m infer.explore``
+with no --checkpoint (the embedded default: yume_jax.testing.save_tiny_pipeline, loaded with load_pipeline,
+configured by infer.explore.build_config with ``--explorer-args``); ``--sandbox`` the size the default model
+ships at (DiT sandbox-yume, VAE sandbox-2.1, encoders sandbox-umt5 / sandbox-clip), random weights:
+
+    PYTHONPATH=$PWD python bench/realtime.py --explorer --chunks 8 --warmup 4
+    PYTHONPATH=$PWD python bench/realtime.py --sandbox --dtype float32 --vae-dtype float32 --height 96 --width 160 \
+        --steps 4 --cfg 1 --chunk-frames 2 --max-history 9 --chunks 8 --warmup 4
 """
 from __future__ import annotations
 
@@ -40,11 +49,21 @@ def parse_args(argv=None):
     ap.add_argument("--teacher", action="store_true", help="the public sampler's settings: 50 Euler steps, CFG 5")
     ap.add_argument("--chunks", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=3, help="chunks left out of the steady-state figures")
+    ap.add_argument("--split", type=int, default=2,
+                    help="chunks run blocking after the pipelined ones (Session.step): sampling and decode apart")
     ap.add_argument("--chunk-frames", type=int, default=8, help="new latent frames per chunk (32 video frames)")
     ap.add_argument("--max-history", type=int, default=9)
     ap.add_argument("--buckets", default="default", help="history buckets: default (memory.BUCKETS), exact, or a,b,c")
     ap.add_argument("--vae-dtype", default="bfloat16")
     ap.add_argument("--tiny", action="store_true", help="tiny encoders and VAE (CPU smoke test)")
+    ap.add_argument("--sandbox", action="store_true",
+                    help="the embedded default's size: DiT sandbox-yume, VAE sandbox-2.1, sandbox-umt5/-clip")
+    ap.add_argument("--explorer", action="store_true",
+                    help="python -m infer.explore's default pipeline and run config (flags: --explorer-args)")
+    ap.add_argument("--explorer-args", default="--max-history 9",
+                    help="infer.explore flags of the --explorer run config (default: %(default)s)")
+    ap.add_argument("--dtype", default="bfloat16", help="compute and parameter dtype of DiT and encoders "
+                                                        "(load_pipeline, hence the explorer: float32)")
     ap.add_argument("--phase", choices=["cold", "cached", "single"], default=None,
                     help="run one phase in this process (default: cold then cached, as two processes)")
     ap.add_argument("--compile-cache", default=None, help="cache directory of the phases (default: a fresh one)")
@@ -66,18 +85,20 @@ def build(a):
     from yume_jax.vae import WanVAE
     from yume_jax.vae.params import init_params
 
-    te_cfg = encoder("tiny-umt5" if a.tiny else "umt5-xxl").replace(tokenizer="byt5")
-    ie_cfg = encoder("tiny-clip" if a.tiny else "clip-vit-h-14")
-    base = dit(a.preset)
-    cfg = dit(a.preset, text_dim=te_cfg.dim, image_dim=ie_cfg.dim if base.image_dim else None) if a.tiny else base
+    small = "sandbox" if a.sandbox else "tiny" if a.tiny else None
+    te_cfg = encoder(f"{small}-umt5" if small else "umt5-xxl").replace(tokenizer="byt5")
+    ie_cfg = encoder(f"{small}-clip" if small else "clip-vit-h-14")
+    preset = "sandbox-yume" if a.sandbox else a.preset
+    base = dit(preset)
+    cfg = dit(preset, text_dim=te_cfg.dim, image_dim=ie_cfg.dim if base.image_dim else None) if small else base
     if not cfg.history_tiers:  # a Wan base preset (tiny-ti2v): add the Yume history embeddings
         cfg = cfg.replace(history_tiers=YUME_TIERS)
     ti2v = cfg.in_channels == 48
-    vcfg = VAE[("tiny-" if a.tiny else "wan") + ("2.2" if ti2v else "2.1")]
+    vcfg = VAE[(f"{small}-" if small else "wan") + ("2.2" if ti2v else "2.1")]
     vae = WanVAE(vcfg, init_params(vcfg, 0), dtype=a.vae_dtype)
-    te = TextEncoder.random(te_cfg, dtype="bfloat16")
-    ie = ImageEncoder.random(ie_cfg, dtype="bfloat16") if cfg.image_dim else None
-    model = DiT(random_model(cfg, jnp.bfloat16), Runtime(dtype="bfloat16"))
+    te = TextEncoder.random(te_cfg, dtype=a.dtype)
+    ie = ImageEncoder.random(ie_cfg, dtype=a.dtype) if cfg.image_dim else None
+    model = DiT(random_model(cfg, jnp.dtype(a.dtype)), Runtime(dtype=a.dtype))
     pipe = Pipeline(dit=model, vae=vae, text_encoder=te, image_encoder=ie)
     pipe.check()
     return pipe
@@ -94,14 +115,27 @@ def run_phase(a) -> dict:
 
     where = enable_compile_cache(a.compile_cache or "off")
     t0 = time.perf_counter()
-    pipe = build(a)
+    if a.explorer:  # the explorer's own load and config (infer.explore._run_locked, build_config)
+        import shlex
+
+        from infer import explore
+        from yume_jax.pipeline import load_pipeline
+
+        pipe = load_pipeline(a.pipeline_dir)
+        rc = explore.build_config(explore.parse_args(shlex.split(a.explorer_args)), pipe)
+        a.preset, a.height, a.width, a.steps, a.cfg = "explorer-default", rc.height, rc.width, rc.sampler.steps, \
+            rc.sampler.cfg_scale
+        a.chunk_frames, a.max_history, a.buckets = rc.chunk_frames, rc.max_history, str(rc.history_buckets)
+    else:
+        pipe = build(a)
+        a.preset = "sandbox-yume" if a.sandbox else a.preset
+        buckets = {"default": memory.BUCKETS, "exact": None}.get(a.buckets)
+        if buckets is None and a.buckets != "exact":
+            buckets = tuple(int(x) for x in a.buckets.split(","))
+        rc = RolloutConfig(height=a.height, width=a.width, chunk_frames=a.chunk_frames, max_history=a.max_history,
+                           history_buckets=buckets, history_mode="clean" if pipe.ti2v else "renoise",
+                           sampler=sampling.SamplerConfig(steps=a.steps, cfg_scale=a.cfg))
     build_s = time.perf_counter() - t0
-    buckets = {"default": memory.BUCKETS, "exact": None}.get(a.buckets)
-    if buckets is None and a.buckets != "exact":
-        buckets = tuple(int(x) for x in a.buckets.split(","))
-    rc = RolloutConfig(height=a.height, width=a.width, chunk_frames=a.chunk_frames, max_history=a.max_history,
-                       history_buckets=buckets, history_mode="clean" if pipe.ti2v else "renoise",
-                       sampler=sampling.SamplerConfig(steps=a.steps, cfg_scale=a.cfg))
     img = (np.random.default_rng(0).random((a.height, a.width, 3)) * 255).astype(np.uint8)
     before = CompileCounter.snapshot()
     t_start = time.perf_counter()
@@ -121,6 +155,12 @@ def run_phase(a) -> dict:
                               stored=rec["history_stored"], frames=frames_per_chunk, critical_path_s=cp,
                               xla=CompileCounter.snapshot())), flush=True)
     after = CompileCounter.snapshot()
+    split = []  # blocking chunks (same shapes as the last pipelined ones): sampling and decode each waited for
+    for i in range(a.split):
+        _, rec = session.step(ACTIONS[(a.chunks + i) % len(ACTIONS)])
+        split.append(rec["timings_s"])
+        print(json.dumps(dict(phase=a.phase, chunk=a.chunks + i, blocking=rec["timings_s"])), flush=True)
+    med = lambda k: round(float(np.median([t[k] for t in split])), 3) if split else None  # noqa: E731
     steady = float(np.median(intervals)) if intervals else None
     stats = (dev.memory_stats() or {}) if hasattr(dev, "memory_stats") else {}
     return dict(phase=a.phase, preset=a.preset, size=f"{a.height}x{a.width}", steps=a.steps, cfg=a.cfg,
@@ -129,6 +169,7 @@ def run_phase(a) -> dict:
                 first_chunk_s=None if first is None else round(first, 2),
                 steady_s_per_chunk=None if steady is None else round(steady, 3),
                 fps=None if not steady else round(frames_per_chunk / steady, 2),
+                blocking_sample_s=med("sample"), blocking_decode_s=med("decode"), blocking_text_s=med("text"),
                 rtf=None if not steady else round(frames_per_chunk / steady / rc.fps, 3),
                 xla_compiled=after["compiled"] - before["compiled"], xla_cache_hits=after["cache_hits"] - before["cache_hits"],
                 sampler_compiles=pipe.compiles, compile_cache=str(where) if where else "off",
@@ -138,6 +179,13 @@ def run_phase(a) -> dict:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     a = parse_args(argv)
+    if a.explorer:  # the explorer's default model, written once (as infer.explore does) for both phases
+        a.pipeline_dir = os.environ.get("YUME_REALTIME_PIPELINE")
+        if a.pipeline_dir is None:
+            from yume_jax.testing import save_tiny_pipeline
+
+            a.pipeline_dir = str(save_tiny_pipeline(Path(tempfile.mkdtemp(prefix="yume-realtime-pipe-")) / "tiny"))
+            os.environ["YUME_REALTIME_PIPELINE"] = a.pipeline_dir
     if a.phase is not None:
         print(json.dumps(dict(summary=run_phase(a))), flush=True)
         return 0

@@ -6,7 +6,11 @@ Interactive:  python -m infer.explore --image start.png          (type W, A+→,
 Keys: W/A/S/D move (combine with +, e.g. W+A), arrows (or left/right/up/down, j/l/i/k) turn and
 tilt; arrow keys typed in the terminal work too; a line may hold several steps and repeats (W,A  W*3). Each command generates the next chunk; the MP4
 grows after every chunk and a JSON sidecar (``OUT.json``) records per-chunk actions, prompts, seeds
-and timings, enough to reproduce the run. Exit codes: 0 ok, 2 bad input (invalid action, missing or
+and timings, enough to reproduce the run, and the XLA programs the run compiled or read back from the
+persistent compilation cache (``compiles``). Chunks are pipelined (chunk i+1 is sampled while chunk i is
+decoded and written; yume_jax/rollout.py ``Session.submit``) and the history is fed in a bounded set of
+lengths (``--history-buckets``), so a long run compiles a handful of programs in its first chunks and a
+second launch compiles none (``--compile-cache``). Exit codes: 0 ok, 2 bad input (invalid action, missing or
 unreadable image/video, bad checkpoint, a number out of range, the model producing NaN/inf: one line on
 stderr, ``--debug`` for the traceback), 130 / 143 interrupted by SIGINT / SIGTERM (the video of finished
 chunks is kept, the sidecar says ``finished: false``).
@@ -122,6 +126,7 @@ def parse_args(argv):
     ap.add_argument("--max-history", type=int, default=None,
                     help="latent frames of history kept (frame 0, the anchor, always kept)")
     ap.add_argument("--chunk-frames", type=int, default=None, help="new latent frames per chunk")
+    add_history_buckets_flag(ap)
     ap.add_argument("--height", type=int, default=None)
     ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -134,6 +139,29 @@ def parse_args(argv):
     ap.add_argument("--dist.num_processes", dest="dist_num_processes", type=int, default=None, metavar="N")
     ap.add_argument("--dist.process_id", dest="dist_process_id", type=int, default=None, metavar="I")
     return ap.parse_args(argv)
+
+
+def add_history_buckets_flag(ap) -> None:
+    """``--history-buckets default|exact|N,...`` (shared by infer.explore and infer.serve)."""
+    ap.add_argument("--history-buckets", default="default",
+                    help="history lengths fed to the model, comma-separated ('default': yume_jax/models/memory.py "
+                         "BUCKETS, the anchor and the newest frames of a bounded set of lengths, so a long run "
+                         "compiles a handful of programs; 'exact': every length, one compile per length)")
+
+
+def history_buckets(value: str):
+    """The ``--history-buckets`` value as RolloutConfig.history_buckets (None: exact); UserError if malformed."""
+    from yume_jax.models import memory
+
+    if value == "exact":
+        return None
+    if value == "default":
+        return memory.BUCKETS
+    try:
+        return tuple(int(x) for x in value.split(","))
+    except ValueError:
+        raise UsageError(f"--history-buckets must be comma-separated integers, 'default' or 'exact', "
+                         f"got {value!r}") from None
 
 
 def add_mesh_flag(ap) -> None:
@@ -267,7 +295,8 @@ def build_config(a, pipe):
                          history_mode=a.history_mode or d.get("history_mode", "renoise"),
                          max_history=pick("max_history", None),
                          prompt_style=style, caption=caption or "", seed=a.seed, sampler=sampler,
-                         block_cache=a.cache, **kw)
+                         block_cache=a.cache, history_buckets=history_buckets(getattr(a, "history_buckets", "exact")),
+                         **kw)
 
 
 def write_sidecar(path: Path, data: dict) -> None:
@@ -304,9 +333,10 @@ def _run_locked(a, out: Path, sidecar: Path) -> int:
     from yume_jax.pipeline import load_pipeline
     from yume_jax.rollout import Session
 
-    from yume_jax.pipeline import enable_compile_cache
+    from yume_jax.pipeline import CompileCounter, enable_compile_cache
 
     enable_compile_cache(a.compile_cache)
+    a.compiles0 = CompileCounter.snapshot()  # the sidecar's "compiles": every XLA program of the run
     scripted = None
     if a.actions is not None:
         try:
@@ -338,47 +368,75 @@ def _run_locked(a, out: Path, sidecar: Path) -> int:
     if config.block_cache and pipe.cfg_parallel and config.sampler.cfg_scale != 1.0:
         raise UsageError(f"--cache does not combine with CFG-parallel sampling (--mesh {a.mesh}): drop cfg=2 "
                          "from --mesh or give --cache 0")
-    bar = {"bar": None}
-
-    def on_step(i):
-        if bar["bar"] is not None:
-            bar["bar"].update(1)
-
     try:
-        session = Session(pipe, config, image=image, video=video, on_step=on_step)
+        session = Session(pipe, config, image=image, video=video)
     except ValueError as e:
         raise UsageError(str(e)) from None
     from infer.mp4 import GrowingMP4
 
-    if out is None:  # a secondary process of a multi-host run: sample, write nothing
-        for action in scripted:
-            session.step(action)
+    if out is None:  # a secondary process of a multi-host run: the same programs and chunks, nothing written
+        for _ in session.explore(scripted):
+            pass
         return 0
-    return _explore(a, session, config, ckpt, out, sidecar, scripted, bar, GrowingMP4)
+    return _explore(a, session, config, ckpt, out, sidecar, scripted, GrowingMP4)
 
 
-def _explore(a, session, config, ckpt, out, sidecar, scripted, bar, GrowingMP4) -> int:
+def _explore(a, session, config, ckpt, out, sidecar, scripted, GrowingMP4) -> int:
+    """The run loop, pipelined (:meth:`yume_jax.rollout.Session.submit`): chunk i+1 is dispatched before chunk
+    i's frames are fetched, so the device samples i+1 while the host converts and writes i; in interactive
+    mode the next action is only known after the user has seen chunk i, so a chunk is finished before the
+    prompt (a line of several steps is pipelined). Progress is a tqdm bar over chunks, updated on the host
+    as each chunk is written: no host callback inside the jitted sampler, whose program therefore goes to
+    the persistent compilation cache. The sidecar lists the chunks written; an interrupt lets the chunk being
+    finished complete and drops one dispatched but not yet fetched."""
     from tqdm import tqdm
 
+    from yume_jax.pipeline import CompileCounter
+
+    compiles0 = getattr(a, "compiles0", None) or CompileCounter.snapshot()
     writer = GrowingMP4(out, config.width, config.height, fps=config.fps)
+    written: list[dict] = []
     meta = dict(command=["python", "-m", "infer.explore", *sys.argv[1:]], checkpoint=str(ckpt),
-                image=a.image, video=a.video, config=config.to_dict(), chunks=session.records,
+                image=a.image, video=a.video, config=config.to_dict(), chunks=written,
                 initial_frames=int(len(session.initial_frames)), frames=0, finished=False)
     interrupted = {"flag": False, "busy": False, "signum": signal.SIGINT}
 
     def on_sigint(signum, frame):
-        # never raise inside a running XLA computation: finish the chunk in flight, then stop;
+        # never raise inside a running XLA computation: finish the chunk being fetched, then stop;
         # a second Ctrl-C stops at once (the MP4 on disk, replaced atomically after each chunk, stays playable)
         interrupted["flag"] = True
         interrupted["signum"] = signum
         if not interrupted["busy"]:  # waiting at the prompt: nothing is running, stop now
-            raise cli.Interrupted(signum, f"interrupted: keeping the {len(session.records)} finished chunks in {out}")
+            raise cli.Interrupted(signum, f"interrupted: keeping the {len(written)} finished chunks in {out}")
         signal.signal(signum, signal.SIG_DFL)
         print("\ninterrupt: finishing the current chunk, then stopping (Ctrl-C again to stop now)",
               file=sys.stderr)
 
+    bar = tqdm(total=len(scripted) if scripted is not None else None, desc="explore", unit="chunk",
+               file=sys.stderr, leave=False, disable=None)
+
+    def finish(chunk) -> None:
+        """Fetch ``chunk``'s frames (waits for the device; NonFiniteError for NaN/inf), append them to the MP4
+        and its record to the sidecar."""
+        frames = chunk.frames()
+        rec = chunk.record
+        writer.write(frames)
+        cp = rec["critical_path_s"]
+        rec["wall_s"] = cp["interval"] if cp["interval"] is not None else round(time.perf_counter() - t_start, 3)
+        written.append(rec)
+        meta["frames"] = writer.frames
+        meta["compiles"] = {k: round(v - compiles0[k], 3) for k, v in CompileCounter.snapshot().items()}
+        write_sidecar(sidecar, meta)
+        bar.update(1)
+        bar.set_postfix_str(f"{rec['wall_s']:.2f} s/chunk")
+        bar.write(f"chunk {rec['chunk']}: {rec['action']} -> {rec['video_frames']} frames "
+                  f"(dispatch {cp['dispatch']:.2f}s, wait {cp['wait']:.2f}s, {rec['wall_s']:.2f}s since the "
+                  f"previous chunk); {out} has {writer.frames} frames", file=sys.stderr)
+
     old = {s: signal.signal(s, on_sigint) for s in (signal.SIGINT, signal.SIGTERM)}
     code = 0
+    t_start = time.perf_counter()
+    inflight = None
     try:
         if len(session.initial_frames):
             writer.write(session.initial_frames)
@@ -394,6 +452,13 @@ def _explore(a, session, config, ckpt, out, sidecar, scripted, bar, GrowingMP4) 
             if interactive and pending:
                 action = pending.pop(0)
             elif interactive:
+                if inflight is not None:  # the user steers from what they saw: show the chunk first
+                    interrupted["busy"] = True
+                    chunk, inflight = inflight, None
+                    finish(chunk)
+                    interrupted["busy"] = False
+                    if interrupted["flag"]:
+                        break
                 print("> ", end="", file=sys.stderr, flush=True)
                 try:
                     line = sys.stdin.readline()
@@ -415,32 +480,26 @@ def _explore(a, session, config, ckpt, out, sidecar, scripted, bar, GrowingMP4) 
                 action = next(actions, None)
                 if action is None:
                     break
-            total = config.sampler.steps * (2 if config.sampler.aam is not None else 1)
-            bar["bar"] = tqdm(total=total, desc=f"chunk {len(session.records)} [{action}]", unit="step",
-                              leave=False, file=sys.stderr)
-            t0 = time.perf_counter()
             interrupted["busy"] = True
-            frames, rec = session.step(action)
-            bar["bar"].close()
-            bar["bar"] = None
-            writer.write(frames)
+            nxt = session.submit(action)  # queued on the device behind the chunk in flight
+            chunk, inflight = inflight, nxt
+            if chunk is not None:
+                finish(chunk)
             interrupted["busy"] = False
-            rec["wall_s"] = round(time.perf_counter() - t0, 3)
-            meta["frames"] = writer.frames
-            write_sidecar(sidecar, meta)
-            print(f"chunk {rec['chunk']}: {rec['action']} -> {rec['video_frames']} frames "
-                  f"(sample {rec['timings_s']['sample']:.2f}s, decode {rec['timings_s']['decode']:.2f}s); "
-                  f"{out} has {writer.frames} frames", file=sys.stderr)
+        if inflight is not None and not interrupted["flag"]:
+            interrupted["busy"] = True
+            chunk, inflight = inflight, None
+            finish(chunk)
+            interrupted["busy"] = False
         if interrupted["flag"]:
             code = cli.interrupted_code(interrupted["signum"])
-            print(f"interrupted: keeping the {len(session.records)} finished chunks in {out}", file=sys.stderr)
+            print(f"interrupted: keeping the {len(written)} finished chunks in {out}", file=sys.stderr)
         else:
             meta["finished"] = True
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-        if bar["bar"] is not None:
-            bar["bar"].close()
+        bar.close()
         writer.close()
         meta["frames"] = writer.frames
         write_sidecar(sidecar, meta)

@@ -331,7 +331,7 @@ def build_app(server: Server):
 
 
 def parse_args(argv):
-    from infer.explore import add_compile_cache_flag, add_mesh_flag
+    from infer.explore import add_compile_cache_flag, add_history_buckets_flag, add_mesh_flag
 
     ap = argparse.ArgumentParser(prog="python -m infer.serve", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -349,9 +349,7 @@ def parse_args(argv):
     ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--max-history", type=int, default=22,
                     help="latent frames of history kept (anchor + newest; default 22)")
-    ap.add_argument("--history-buckets", default="default",
-                    help="history lengths fed to the model, comma-separated ('default': memory.BUCKETS; 'exact': "
-                         "every length, one compile per length)")
+    add_history_buckets_flag(ap)
     ap.add_argument("--max-sessions", type=int, default=4, help="open tabs at once")
     ap.add_argument("--seed", type=int, default=0)
     add_compile_cache_flag(ap)
@@ -361,27 +359,14 @@ def parse_args(argv):
 
 def run_config(a, pipe):
     """The explorer's config (infer.explore.build_config) with the server's bounded history."""
-    import dataclasses
-
     from infer.explore import build_config
-    from yume_jax.models import memory
 
     ns = argparse.Namespace(steps=a.steps, cfg=a.cfg, sampler=a.sampler, aam=False, prompt=None, caption=None,
                             prompt_style=None, negative_prompt=None, height=a.height, width=a.width,
                             chunk_frames=a.chunk_frames, history_mode=a.history_mode, max_history=a.max_history,
-                            seed=a.seed, cache=0)
-    if a.history_buckets == "exact":
-        buckets = None
-    elif a.history_buckets == "default":
-        buckets = memory.BUCKETS
-    else:
-        try:
-            buckets = tuple(int(x) for x in a.history_buckets.split(","))
-        except ValueError:
-            raise cli.UserError(f"--history-buckets must be comma-separated integers, 'default' or 'exact', "
-                                f"got {a.history_buckets!r}") from None
+                            seed=a.seed, cache=0, history_buckets=a.history_buckets)
     try:
-        return dataclasses.replace(build_config(ns, pipe), history_buckets=buckets)
+        return build_config(ns, pipe)
     except ValueError as e:
         raise cli.UserError(str(e)) from None
 

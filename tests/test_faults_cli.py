@@ -479,6 +479,34 @@ def test_non_finite_pixels_are_an_error_not_a_black_frame():
         to_uint8(v)
 
 
+def test_frames_are_converted_on_the_device_and_fetched_as_uint8():
+    """to_uint8 rounds and counts NaN/inf on the device: the host fetches uint8 frames and a count, never the
+    float32 video (4x the bytes, and per-pixel NumPy work on the host's critical path)."""
+    import jax
+    import jax.numpy as jnp
+    from jax._src import array as jarray
+
+    from yume_jax.media import to_uint8
+
+    rng = np.random.default_rng(0)
+    v = rng.uniform(-1.2, 1.2, (1, 3, 5, 8, 16)).astype(np.float32)
+    v[0, :, 0, 0, :4] = [-1.0, 1.0, -1 + 0.5 / 127.5, 1 / 255.0 - 1]  # ties and the ends
+    want = np.clip(np.round((v[0].transpose(1, 2, 3, 0) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    video = jax.device_put(jnp.asarray(v))
+    fetched, orig = [], jarray.ArrayImpl._value
+
+    def spy(self):
+        fetched.append(str(self.dtype))
+        return orig.fget(self)
+    jarray.ArrayImpl._value = property(spy)
+    try:
+        got = to_uint8(video)
+    finally:
+        jarray.ArrayImpl._value = orig
+    np.testing.assert_array_equal(got, want)
+    assert fetched and "float32" not in fetched and "uint8" in fetched, fetched
+
+
 # -------------------------------------------------------------- outputs: special, locked, leftovers
 
 
@@ -594,20 +622,30 @@ def test_corrupt_pipeline_parts(name, wan, tmp_path, capsys):
 
 class _Session:
     """Stands in for yume_jax.rollout.Session (the run loop is under test, not the model): ``fault(i)`` runs
-    before chunk ``i`` returns."""
+    when chunk ``i``'s frames are fetched (where the real session waits for the device and finds NaN)."""
 
     fault = staticmethod(lambda i: None)
 
-    def __init__(self, pipe, config, image=None, video=None, on_step=None):
+    def __init__(self, pipe, config, image=None, video=None):
         self.config, self.records = config, []
         self.initial_frames = np.zeros((1, config.height, config.width, 3), np.uint8)
 
-    def step(self, action):
+    def submit(self, action):
         i = len(self.records)
-        type(self).fault(i)
-        rec = dict(chunk=i, action=str(action), video_frames=4, timings_s=dict(sample=0.0, decode=0.0))
+        rec = dict(chunk=i, action=str(action), video_frames=4, timings_s=dict(text=0.0, dispatch=0.0))
         self.records.append(rec)
-        return np.full((4, self.config.height, self.config.width, 3), 40 * (i + 1), np.uint8), rec
+        return _Chunk(self, rec)
+
+
+class _Chunk:
+    def __init__(self, session, record):
+        self.session, self.record = session, record
+
+    def frames(self):
+        i = self.record["chunk"]
+        type(self.session).fault(i)
+        self.record["critical_path_s"] = dict(text=0.0, dispatch=0.0, wait=0.0, interval=None if i == 0 else 0.1)
+        return np.full((4, self.session.config.height, self.session.config.width, 3), 40 * (i + 1), np.uint8)
 
 
 @pytest.fixture

@@ -152,16 +152,16 @@ WORKER = textwrap.dedent('''
     from yume_jax import rollout
 
     pid, out_dir, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
-    step = rollout.Session.step
+    submit = rollout.Session.submit
     latents = []
 
-    def record(self, action):  # each process's history after every chunk (its local copy)
-        frames, rec = step(self, action)
+    def record(self, action, **kw):  # each process's history after every chunk (its local copy)
+        chunk = submit(self, action, **kw)
         latents.append(np.asarray(self.history))
         assert self.mesh.devices.size == 8 and jax.process_count() == 2 and jax.local_device_count() == 4
-        return frames, rec
+        return chunk
 
-    rollout.Session.step = record
+    rollout.Session.submit = record
     code = explore.main(argv)
     np.save(os.path.join(out_dir, f"latents.p{pid}.npy"), np.stack(latents))
     sys.exit(code)

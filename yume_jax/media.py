@@ -62,13 +62,22 @@ def to_video(frames_uint8: np.ndarray) -> jax.Array:
 
 def to_uint8(video: jax.Array) -> np.ndarray:
     """(1, 3, T, H, W) in [-1, 1] -> (T, H, W, 3) uint8; :class:`NonFiniteError` if any value is NaN or inf
-    (instead of a black frame)."""
-    v = np.asarray(jax.device_get(video[0]), np.float32).transpose(1, 2, 3, 0)
-    bad = int(v.size - np.count_nonzero(np.isfinite(v)))
-    if bad:
-        raise NonFiniteError(f"the model produced {bad} non-finite (NaN/inf) pixel values: check the checkpoint's "
-                             "weights and the guidance scale (--cfg); nothing of this chunk was written")
-    return np.clip(np.round((v + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    (instead of a black frame). The conversion and the NaN/inf count run on the device (:func:`_uint8_frames`),
+    so the host fetches 1 byte per value instead of 4 and does no per-pixel work (at 704x1280 a 32-frame
+    chunk is 86 M values: the float32 copy and a NumPy conversion cost more than the uint8 copy)."""
+    frames, bad = jax.device_get(_uint8_frames(jnp.asarray(video)))
+    if int(bad):
+        raise NonFiniteError(f"the model produced {int(bad)} non-finite (NaN/inf) pixel values: check the "
+                             "checkpoint's weights and the guidance scale (--cfg); nothing of this chunk was written")
+    return np.asarray(frames)
+
+
+@jax.jit
+def _uint8_frames(video: jax.Array):
+    """(1, 3, T, H, W) -> ((T, H, W, 3) uint8 rounded half to even, number of non-finite values)."""
+    v = jnp.transpose(video[0].astype(jnp.float32), (1, 2, 3, 0))
+    bad = v.size - jnp.count_nonzero(jnp.isfinite(v))
+    return jnp.clip(jnp.round((v + 1.0) * 127.5), 0, 255).astype(jnp.uint8), bad
 
 
 def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -192,7 +192,7 @@ class Session:
         the history through the causal encoder, from a copy of the history's encode stream."""
         c = self.config
         gray = jnp.zeros((1, 3, 4 * chunk_frames, c.height, c.width), jnp.float32)
-        lat, _ = self.pipe.vae.stream_encode(gray, self.encode_state.copy())
+        lat, _ = self.pipe.vae.stream_encode(gray, self.encode_state.copy(), check_range=False)
         return lat
 
     # -- one chunk: dispatch (asynchronous), then frames on the host ------------------------------
@@ -275,7 +275,9 @@ class Session:
         n_video = 4 * c.chunk_frames - (3 if self.decode_state is None else 0)
         video, self.decode_state = pipe.vae.stream_decode(new, self.decode_state)
         if self.encode_state is not None:  # the new pixel frames continue the history's encode stream
-            new_y, self.encode_state = pipe.vae.stream_encode(video, self.encode_state)
+            # the decoder's clamped output: no range check (a host sync that would wait for this chunk's
+            # sampling and decode, and so serialise the pipeline of :meth:`explore`)
+            new_y, self.encode_state = pipe.vae.stream_encode(video, self.encode_state, check_range=False)
             self.y_history = jnp.concatenate([self.y_history, new_y], axis=2)
         last = _uint8_frame(video[:, :, -1])  # on device: the next chunk's CLIP input, no host sync
         self.last_frame = last

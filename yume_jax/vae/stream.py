@@ -296,7 +296,7 @@ class WanVAE:
 
     # ---- input checks ---------------------------------------------------------------------------
 
-    def _check_video(self, video, state: StreamState):
+    def _check_video(self, video, state: StreamState, check_range: bool = True):
         cfg = self.cfg
         if video.ndim != 5:
             raise ValueError(f"video must be (B, C, T, H, W), got shape {tuple(video.shape)}")
@@ -313,7 +313,7 @@ class WanVAE:
             raise ValueError(f"a continuation chunk needs a multiple of {step} frames, got T={t}")
         if not jnp.issubdtype(video.dtype, jnp.floating):
             raise ValueError(f"video must be floating point in [-1, 1], got dtype {video.dtype}")
-        lo, hi = float(jnp.min(video)), float(jnp.max(video))
+        lo, hi = (float(jnp.min(video)), float(jnp.max(video))) if check_range else (-1.0, 1.0)
         if not (lo >= -1 - RANGE_SLACK and hi <= 1 + RANGE_SLACK):
             raise ValueError(f"video values must lie in [-1, 1]; found [{lo:.4g}, {hi:.4g}] "
                              f"(uint8 frames: x / 127.5 - 1)")
@@ -342,16 +342,19 @@ class WanVAE:
         return self.stream_decode(latents, None, normalize, progress)[0]
 
     def stream_encode(self, video, state: StreamState | None = None, normalize: bool = True,
-                      progress: bool = False) -> tuple[jax.Array, StreamState]:
-        """Encode the next frames of a video: T = 4n + 1 for the first chunk, 4n after."""
-        return self._run("encode", video, state, normalize, progress)
+                      progress: bool = False, *, check_range: bool = True) -> tuple[jax.Array, StreamState]:
+        """Encode the next frames of a video: T = 4n + 1 for the first chunk, 4n after. ``check_range``: verify
+        the values lie in [-1, 1] (a device-to-host sync, which waits for every computation queued before;
+        False for pixels the pipeline made itself, e.g. this VAE's clamped decode, so the encode is queued
+        asynchronously behind them)."""
+        return self._run("encode", video, state, normalize, progress, check_range)
 
     def stream_decode(self, latents, state: StreamState | None = None, normalize: bool = True,
                       progress: bool = False) -> tuple[jax.Array, StreamState]:
         """Decode the next latent frames: 1 + 4(t - 1) video frames for the first call, 4t after."""
         return self._run("decode", latents, state, normalize, progress)
 
-    def _run(self, kind, x, state, normalize, progress):
+    def _run(self, kind, x, state, normalize, progress, check_range: bool = True):
         state = StreamState(kind) if state is None else state
         state._check_live()
         if state.kind != kind:
@@ -359,7 +362,10 @@ class WanVAE:
         if state.config is not None and state.config != self.cfg.to_dict():
             raise ValueError("this StreamState was made by a VAE with a different config")
         x = x if isinstance(x, jax.Array) else jnp.asarray(x)
-        (self._check_video if kind == "encode" else self._check_latents)(x, state)
+        if kind == "encode":
+            self._check_video(x, state, check_range)
+        else:
+            self._check_latents(x, state)
         if self.mesh is not None:
             x = jax.device_put(x, self._placement(x.shape))
         self._check_tiling()
