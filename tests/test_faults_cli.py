@@ -636,6 +636,10 @@ class _Session:
         self.records.append(rec)
         return _Chunk(self, rec)
 
+    def step(self, action):  # the blocking path (infer.calibrate_cache): submit, then fetch
+        chunk = self.submit(action)
+        return chunk.frames(), chunk.record
+
 
 class _Chunk:
     def __init__(self, session, record):
