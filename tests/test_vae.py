@@ -116,3 +116,36 @@ def test_bad_input(case):
         vae.stream_decode(np.zeros((1, cfg.z_dim, 1, h // s, w // s), np.float32), state)
     with pytest.raises(ValueError, match="dtype"):
         WanVAE(cfg, vae.params, dtype="int8")
+
+
+@pytest.mark.parametrize("shape,kernel,stride", [((2, 7, 9, 11, 5), (3, 3, 3), (1, 1, 1)),
+                                                 ((1, 5, 6, 10, 4), (3, 1, 1), (2, 1, 1)),
+                                                 ((1, 6, 7, 5, 3), (2, 3, 3), (1, 2, 2))])
+def test_temporal_taps_conv_equals_the_3d_convolution(shape, kernel, stride):
+    """The CPU path of CausalConv3d (a sum of 2D convolutions over the temporal taps) is the 3D convolution."""
+    import jax
+
+    from yume_jax.vae.layers import temporal_taps_conv
+
+    x = jax.random.normal(jax.random.key(np.random.randint(1 << 30)), shape)
+    k = jax.random.normal(jax.random.key(7), (*kernel, shape[-1], 6))
+    pad = ((kernel[1] // 2, kernel[1] // 2), (kernel[2] // 2, kernel[2] // 2))
+    ref = jax.lax.conv_general_dilated(x, k, stride, ((0, 0), *pad), dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+                                       precision="highest")
+    got = temporal_taps_conv(x, k, stride, pad)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+def test_causal_conv_on_cpu_runs_2d_convolutions():
+    """On the CPU backend (this suite's) CausalConv3d lowers to 2D convolutions only: XLA's CPU 3D convolution
+    made the default model's decode 3.5x slower (bench/vae_stream_widths.py)."""
+    import jax
+    from flax import nnx
+
+    from yume_jax.vae.layers import CausalConv3d
+
+    conv = CausalConv3d(4, 5, rngs=nnx.Rngs(0))
+    jaxpr = jax.make_jaxpr(lambda x: conv(x))(np.zeros((1, 3, 6, 7, 4), np.float32))
+    ranks = [e.invars[0].aval.ndim for e in jaxpr.jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+    assert ranks == [4, 4, 4]
