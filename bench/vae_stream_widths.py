@@ -3,6 +3,7 @@ one decode of 2 latent frames and one encode of 8 pixel frames, each continuing 
 random weights; mean of 3 after 2 warm-up runs.
 
     PYTHONPATH=$PWD python bench/vae_stream_widths.py
+    YUME_JAX_VAE_CONV_TAPS=1 PYTHONPATH=$PWD python bench/vae_stream_widths.py   # causal convs as 2D taps
 """
 from __future__ import annotations
 

@@ -137,15 +137,21 @@ def test_temporal_taps_conv_equals_the_3d_convolution(shape, kernel, stride):
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
-def test_causal_conv_on_cpu_runs_2d_convolutions():
-    """On the CPU backend (this suite's) CausalConv3d lowers to 2D convolutions only: XLA's CPU 3D convolution
-    made the default model's decode 3.5x slower (bench/vae_stream_widths.py)."""
+def test_causal_conv_taps_option_lowers_to_2d_convolutions(monkeypatch):
+    """YUME_JAX_VAE_CONV_TAPS=1: CausalConv3d lowers to one 2D convolution per temporal tap; unset, one 3D
+    convolution (the default)."""
     import jax
     from flax import nnx
 
-    from yume_jax.vae.layers import CausalConv3d
+    from yume_jax.vae.layers import TAPS_ENV, CausalConv3d
 
     conv = CausalConv3d(4, 5, rngs=nnx.Rngs(0))
-    jaxpr = jax.make_jaxpr(lambda x: conv(x))(np.zeros((1, 3, 6, 7, 4), np.float32))
-    ranks = [e.invars[0].aval.ndim for e in jaxpr.jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
-    assert ranks == [4, 4, 4]
+
+    def ranks():
+        jaxpr = jax.make_jaxpr(lambda x: conv(x))(np.zeros((1, 3, 6, 7, 4), np.float32))
+        return [e.invars[0].aval.ndim for e in jaxpr.jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+
+    monkeypatch.delenv(TAPS_ENV, raising=False)
+    assert ranks() == [5]
+    monkeypatch.setenv(TAPS_ENV, "1")
+    assert ranks() == [4, 4, 4]

@@ -9,6 +9,8 @@ convolution and the decoder's duplicate-upsample shortcut drops its leading fram
 """
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -46,11 +48,16 @@ def _normal(rngs: nnx.Rngs, shape, fan_in: int):
     return jax.random.normal(rngs.params(), shape, jnp.float32) * fan_in ** -0.5
 
 
+TAPS_ENV = "YUME_JAX_VAE_CONV_TAPS"  # "1": causal convolutions as 2D taps (opt-in; see temporal_taps_conv)
+
+
 def temporal_taps_conv(x: jax.Array, k: jax.Array, stride, spatial_padding) -> jax.Array:
     """A 3D convolution (no temporal padding) as the sum over its temporal taps of 2D convolutions of the frames
-    each tap reads: y[t] = sum_d conv2d(x[st*t + d], k[d]). The same sum in another order; used on XLA's CPU
-    backend, whose 3D convolution is up to 5x slower than this at the VAE's full-resolution widths (16 channels
-    at 96x160: 52 ms against 9.5 ms, ``bench/vae_stream_widths.py`` for the whole decode)."""
+    each tap reads: y[t] = sum_d conv2d(x[st*t + d], k[d]). The same sum in another order. Opt-in
+    (``YUME_JAX_VAE_CONV_TAPS=1``, read when a program is traced): on XLA's CPU backend the 3D convolution is up
+    to 5x slower than this at the VAE's full-resolution widths (16 channels at 96x160: 52 ms against 9.5 ms;
+    ``bench/vae_stream_widths.py`` for the whole decode), but three convolutions per layer compile slower, which
+    made the tiny-VAE tests (compile-bound) slower; not yet the default (docs/default_model.md)."""
     kt = k.shape[0]
     st = stride[0]
     b, t = x.shape[:2]
@@ -79,7 +86,7 @@ class CausalConv3d(nnx.Module):
             return jnp.einsum("bthwc,co->bthwo", x, k[0, 0, 0]) + self.bias[...]
         kh, kw = self.kernel_size[1:]
         spatial = ((kh // 2, kh // 2), (kw // 2, kw // 2))
-        if jax.default_backend() == "cpu" and self.kernel_size[0] > 1:
+        if self.kernel_size[0] > 1 and os.environ.get(TAPS_ENV, "0") == "1":
             return temporal_taps_conv(x, k, self.stride, spatial) + self.bias[...]
         y = jax.lax.conv_general_dilated(x, k, self.stride, ((0, 0), *spatial),
                                          dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
