@@ -5,7 +5,7 @@ stage are in ``train/default_model.sh``.
     python -m train.default_model export-vae RUN OUT      # a --task=vae run -> OUT/vae (latent statistics measured)
     python -m train.default_model eval-vae VAE_DIR        # PSNR / SSIM on held-out sandbox walks (JSON line)
     python -m train.default_model export-dit RUN OUT      # a flow run's EMA DiT (bf16): the next stage's --model.init
-    python -m train.default_model ship PIPELINE OUT       # a trained pipeline -> the shipped directory (bf16, sha256)
+    python -m train.default_model ship PIPELINE OUT       # a pipeline or flow workdir -> the shipped directory (bf16, sha256)
     python -m train.default_model plot-loss OUT.png VAE_METRICS DIT_METRICS...   # the model card's loss curves
 
 The frozen encoders are random (seeded): the DiT learns to read them (issue 15 allows it; no pretrained
@@ -109,13 +109,15 @@ def export_dit(run, out, dtype: str = "bfloat16") -> Path:
 
 
 def ship(pipeline, out, dtype: str = "bfloat16") -> Path:
-    """Copy a pipeline directory (links resolved), DiT and VAE weights cast to ``dtype``, with SHA256SUMS."""
+    """Copy a pipeline directory (or a training workdir's, :func:`yume_jax.convert.pipeline_dirs.resolve`; links
+    resolved), DiT and VAE weights cast to ``dtype``, with SHA256SUMS."""
     import ml_dtypes
 
+    from yume_jax.convert.pipeline_dirs import resolve
     from yume_jax.core.checkpoint import atomic_dir, open_checkpoint, write_checkpoint, write_checksums
 
     cast = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
-    src, out = Path(pipeline), Path(out)
+    src, out = resolve(pipeline), Path(out)
     with atomic_dir(out) as tmp:
         for part in ("dit", "vae"):
             ck = open_checkpoint((src / part).resolve(), part)
@@ -219,7 +221,10 @@ def main(argv=None) -> int:
                 raise cli.UserError(f"metrics file not found: {missing[0]}")
             print(plot_loss(a.out, [a.vae_metrics], a.dit_metrics))
         else:
-            print(ship(a.pipeline, a.out))
+            try:
+                print(ship(a.pipeline, a.out))
+            except (FileNotFoundError, ValueError) as e:
+                raise cli.UserError(str(e)) from None
         return 0
 
     return cli.run(run, argv, prog="python -m train.default_model")

@@ -34,7 +34,7 @@ smoke)  # every stage at toy size, in order, on this machine's device: a broken 
   python3 -m train.train --config sandbox-world --workdir="$W/dit2" --data.path="$W/enc" --tensorboard=false \
       --progress=false --steps=1 --batch_size=2 --data.generate=2 --data.generate_frames=24 \
       --data.history_latents=1,2 --checkpoint.every=1 --model.init="$W/dit_export"
-  python3 -m train.default_model ship "$(python3 -c "import sys; from yume_jax.convert.pipeline_dirs import from_workdir; print(from_workdir(sys.argv[1]))" "$W/dit2")" "$W/pipeline"
+  python3 -m train.default_model ship "$W/dit2" "$W/pipeline"
   if python3 -c "import av" 2>/dev/null; then  # PyAV writes the MP4 (not carried to the GPU image: train/gpu_wheels.sh)
     python3 -m infer.explore --checkpoint "$W/pipeline" --actions "W,→" --steps 2 --out "$W/walk.mp4"
   fi
@@ -68,8 +68,7 @@ dit)
       || echo "train exited $?"
   cp "$WORK/dit/metrics.jsonl" "$OUT/dit_metrics.jsonl"; cp "$WORK/dit/config.json" "$OUT/dit_config.json"
   python3 -m train.default_model export-dit "$WORK/dit" "$OUT/dit"
-  PIPE_DIR=$(python3 -c "import sys; from yume_jax.convert.pipeline_dirs import from_workdir; print(from_workdir(sys.argv[1]))" "$WORK/dit")
-  python3 -m train.default_model ship "$PIPE_DIR" "$OUT/pipeline"
+  python3 -m train.default_model ship "$WORK/dit" "$OUT/pipeline"
   ;;
 evaluate)  # the issue's measurements: the 50-step CFG teacher settings and the explorer's defaults
   PIPE=${PIPE:-models/sandbox-world}

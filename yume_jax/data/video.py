@@ -58,7 +58,7 @@ def read_frames(path, indices: Sequence[int], size: tuple[int, int] | None = Non
     Seeks to the keyframe before the first wanted frame and decodes forward; a frame's index is its
     presentation time times the stream's average rate.
     """
-    import av  # PyAV, imported where used: the training path runs without it (GPU image)
+    import av
     idx = np.asarray(indices, dtype=np.int64)
     if idx.ndim != 1 or len(idx) == 0:
         raise ValueError(f"indices must be a non-empty 1-D sequence, got shape {idx.shape}")
@@ -108,7 +108,7 @@ def write(path, frames: np.ndarray, fps: float = 16, codec: str = "h264", crf: i
     (single-threaded encoder). ``codec``: "h264" (libx264) or "hevc" (libx265, tagged hvc1 like Sekai);
     ``keyframe_interval``: GOP length (encoder default when None).
     The file is written under a temporary name and renamed into place when complete."""
-    import av  # PyAV, imported where used: the training path runs without it (GPU image)
+    import av
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
